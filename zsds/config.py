@@ -1,0 +1,203 @@
+"""Configuration: one YAML file, environment overrides, validated on load.
+
+Layers, later ones winning:
+
+1. the packaged defaults ``zsds/data/zsds.yaml`` (every key documented there);
+2. a user file, given as ``zsds --config FILE`` or ``$ZSDS_CONFIG``;
+3. environment variables ``ZSDS__<SECTION>__<KEY>`` (values parsed as YAML scalars);
+4. explicit overrides passed to :func:`load_config`.
+
+Unknown keys and bad values raise :class:`~zsds.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["ZsdsConfig", "load_config", "ENV_PREFIX"]
+
+ENV_PREFIX = "ZSDS__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchiveConfig(_Section):
+    root: Path = Field(description="Root directory of the archive.")
+
+
+class RefcatConfig(_Section):
+    path: Path | None = Field(None, description="Reference catalogue; default <root>/refcat.")
+
+
+class DatabaseConfig(_Section):
+    url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in the archive.")
+
+
+class DaskConfig(_Section):
+    cluster: str = "local"
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "4GiB"
+    slurm_profile: str = "local-slurm"
+    dashboard_address: str = ":8787"
+
+    @field_validator("cluster")
+    @classmethod
+    def _known_cluster(cls, value: str) -> str:
+        if value in ("local", "slurm") or value.startswith(("tcp://", "tls://")):
+            return value
+        msg = f"must be 'local', 'slurm' or a scheduler address tcp://host:port, not {value!r}"
+        raise ValueError(msg)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str | None = None
+
+
+class ProcessingConfig(_Section):
+    fft_threads: int = Field(1, ge=1)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ZsdsConfig(_Section):
+    """The validated configuration of zsds (immutable)."""
+
+    archive: ArchiveConfig
+    refcat: RefcatConfig = RefcatConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    dask: DaskConfig = DaskConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def refcat_path(self) -> Path:
+        """The reference catalogue path, defaulting to ``<archive.root>/refcat``."""
+        return self.refcat.path or self.archive.root / "refcat"
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to SQLite at ``<archive.root>/zsds.sqlite``."""
+        return self.database.url or f"sqlite:///{self.archive.root / 'zsds.sqlite'}"
+
+    def as_yaml(self) -> str:
+        """The effective configuration as YAML (what ``zsds config show`` prints)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_PATH_KEYS = {("archive", "root"), ("refcat", "path")}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return _resolve_paths(data, path.parent, str(path))
+
+
+def _resolve_paths(data: dict, base: Path, origin: str) -> dict:
+    for section, key in _PATH_KEYS:
+        sect = data.get(section)
+        if isinstance(sect, dict) and sect.get(key) not in (None, ""):
+            value = Path(os.path.expanduser(str(sect[key])))
+            sect[key] = str(value if value.is_absolute() else (base / value).resolve())
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        out.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw) if raw != "" else None
+    return _resolve_paths(out, Path.cwd(), "environment")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration ({origin}): " + "; ".join(lines)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> ZsdsConfig:
+    """Load, merge and validate the configuration.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A user YAML file. Default: ``$ZSDS_CONFIG`` if set, else only the packaged defaults.
+    environ : dict, optional
+        Environment to read ``ZSDS__SECTION__KEY`` overrides from (default ``os.environ``).
+    overrides : dict, optional
+        ``{section: {key: value}}`` applied last.
+
+    Returns
+    -------
+    ZsdsConfig
+
+    Raises
+    ------
+    ConfigError
+        If a file cannot be read or parsed, or a key is unknown or has a bad value; the
+        message names the key (``section.key``).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    default_file = resources.files("zsds") / "data" / "zsds.yaml"
+    data = yaml.safe_load(default_file.read_text())
+    data["archive"]["root"] = str(Path(data["archive"]["root"]).resolve())
+    origin = "packaged defaults"
+    user = path or environ.get("ZSDS_CONFIG")
+    if user:
+        data = _merge(data, _read_yaml(Path(user)))
+        origin = str(user)
+    env = _env_overrides(environ)
+    if env:
+        data = _merge(data, env)
+        origin += " + environment"
+    if overrides:
+        data = _merge(data, _resolve_paths(overrides, Path.cwd(), "overrides"))
+    try:
+        return ZsdsConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None

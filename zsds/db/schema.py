@@ -1,0 +1,232 @@
+"""The operations database schema (SQLAlchemy Core), portable to SQLite and PostgreSQL.
+
+Tables and what makes re-running idempotent (the unique keys):
+
+======================  ==============================================================  ==================================
+table                   one row per                                                     unique key
+======================  ==============================================================  ==================================
+``exposures``           camera exposure (all CCDs)                                      ``expid``
+``raw_files``           raw CCD file in ``raw/``                                        ``(expid, ccd_id)``, ``filename``
+``quadrant_images``     readout quadrant of a raw file, with raw QA and status          ``(expid, ccd_id, qid)``
+``quarantine``          rejected input file                                             ``(filename, sha256)``
+``calibrations``        calibration product (bias, hifreqflat, badpix)                  ``(caltype, night, filter_code,
+                                                                                        ccd_id, qid)``
+``processing``          run of a stage on a quadrant (status, message)                  ``(stage, expid, ccd_id, qid)``
+``reference_images``    reference co-add (filled by the reference stage)                ``(field_id, filter_code, ccd_id,
+                                                                                        qid, version)``
+``objects``             astrophysical object (association of candidates)                ``object_id``
+``candidates``          difference-image candidate                                      ``candid``
+``alerts``              alert packet                                                    ``candid``
+``schema_info``         key/value (schema version)                                      ``key``
+======================  ==============================================================  ==================================
+
+Conventions: times are JD (UTC) in ``Double`` columns; ``night`` is the UTC date
+``YYYYMMDD``; archive paths are stored relative to the archive root with ``/`` separators;
+row timestamps are timezone-aware UTC and are set only when a row is created or its content
+changes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Double, ForeignKey, Index,
+                        Integer, MetaData, String, Table, Text, UniqueConstraint)
+
+__all__ = ["metadata", "SCHEMA_VERSION", "exposures", "raw_files", "quadrant_images",
+           "quarantine", "calibrations", "processing", "reference_images", "objects",
+           "candidates", "alerts", "schema_info"]
+
+#: Bumped whenever a table changes incompatibly.
+SCHEMA_VERSION = "1"
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+_ts = dict(type_=DateTime(timezone=True))
+
+schema_info = Table(
+    "schema_info", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+exposures = Table(
+    "exposures", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("expid", BigInteger, nullable=False, unique=True),
+    Column("night", String(8), nullable=False, index=True, doc="UTC date YYYYMMDD"),
+    Column("filefracday", String(14), nullable=False),
+    Column("obsjd", Double, nullable=False),
+    Column("imgtype", String(16), nullable=False, doc="object, bias, flat, dark"),
+    Column("filter_code", String(2), nullable=False, doc="zg, zr, zi; OO for bias, dk dark"),
+    Column("filterid", Integer, nullable=False),
+    Column("field_id", Integer, nullable=False),
+    Column("programid", Integer, nullable=False),
+    Column("exptime", Double, nullable=False, doc="s"),
+    Column("airmass", Double),
+    Column("ra", Double, doc="TELRAD, deg"),
+    Column("dec", Double, doc="TELDECD, deg"),
+    Column("created_at", **_ts),
+)
+
+raw_files = Table(
+    "raw_files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("expid", BigInteger, ForeignKey("exposures.expid"), nullable=False),
+    Column("ccd_id", Integer, nullable=False),
+    Column("filename", String(64), nullable=False, unique=True),
+    Column("path", String(256), nullable=False, doc="relative to the archive root"),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("night", String(8), nullable=False, index=True),
+    Column("imgtype", String(16), nullable=False),
+    Column("filter_code", String(2), nullable=False),
+    Column("status", String(16), nullable=False, default="ingested"),
+    Column("created_at", **_ts),
+    UniqueConstraint("expid", "ccd_id"),
+)
+
+quadrant_images = Table(
+    "quadrant_images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("raw_file_id", Integer, ForeignKey("raw_files.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("expid", BigInteger, nullable=False),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("rcid", Integer, nullable=False),
+    Column("nx", Integer, nullable=False),
+    Column("ny", Integer, nullable=False),
+    Column("n_overscan", Integer, nullable=False),
+    Column("gain", Double, doc="e-/ADU (GAIN)"),
+    Column("read_noise", Double, doc="e- (READNOI)"),
+    Column("saturate", Double, doc="raw ADU (SATURATE)"),
+    Column("bias_level", Double, doc="median overscan level, ADU"),
+    Column("bias_row_range", Double, doc="max - min of the smoothed row bias, ADU"),
+    Column("overscan_noise", Double, doc="robust RMS of the overscan, ADU"),
+    Column("saturated_fraction", Double),
+    Column("median_counts", Double, doc="median overscan-corrected linearised DN"),
+    Column("status", String(16), nullable=False, default="raw",
+           doc="raw -> calibrated -> subtracted ...; failed"),
+    Column("status_message", Text),
+    Column("updated_at", **_ts),
+    UniqueConstraint("expid", "ccd_id", "qid"),
+)
+
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("filename", String(256), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_path", Text, nullable=False),
+    Column("quarantine_path", String(512), doc="relative to the archive root; NULL if unreadable"),
+    Column("reason", Text, nullable=False),
+    Column("created_at", **_ts),
+    UniqueConstraint("filename", "sha256"),
+)
+
+calibrations = Table(
+    "calibrations", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("caltype", String(16), nullable=False, doc="bias, hifreqflat, badpix"),
+    Column("night", String(8), nullable=False),
+    Column("filter_code", String(2), nullable=False, doc="OO for bias"),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("path", String(512), nullable=False),
+    Column("unc_path", String(512)),
+    Column("log_path", String(512)),
+    Column("sha256", String(64), nullable=False),
+    Column("n_frames", Integer, nullable=False),
+    Column("mid_jd", Double, nullable=False, doc="mean OBSJD of the inputs"),
+    Column("valid_from_jd", Double, nullable=False),
+    Column("valid_to_jd", Double, nullable=False),
+    Column("status", String(16), nullable=False, default="valid", doc="valid or bad"),
+    Column("qa", Text, doc="JSON of QA numbers"),
+    Column("created_at", **_ts),
+    Column("updated_at", **_ts),
+    UniqueConstraint("caltype", "night", "filter_code", "ccd_id", "qid"),
+    Index("ix_calibrations_lookup", "caltype", "ccd_id", "qid", "filter_code"),
+)
+
+processing = Table(
+    "processing", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("stage", String(32), nullable=False),
+    Column("expid", BigInteger, nullable=False),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("status", String(16), nullable=False, doc="pending, running, done, failed"),
+    Column("message", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("started_at", **_ts),
+    Column("finished_at", **_ts),
+    UniqueConstraint("stage", "expid", "ccd_id", "qid"),
+)
+
+reference_images = Table(
+    "reference_images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("field_id", Integer, nullable=False),
+    Column("filter_code", String(2), nullable=False),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("path", String(512), nullable=False),
+    Column("n_frames", Integer, nullable=False),
+    Column("jd_start", Double),
+    Column("jd_end", Double),
+    Column("status", String(16), nullable=False, default="valid"),
+    Column("qa", Text),
+    Column("created_at", **_ts),
+    UniqueConstraint("field_id", "filter_code", "ccd_id", "qid", "version"),
+)
+
+objects = Table(
+    "objects", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("object_id", String(16), nullable=False, unique=True, doc="ZTFyyaaaaaaa"),
+    Column("ra", Double, nullable=False),
+    Column("dec", Double, nullable=False),
+    Column("ndet", Integer, nullable=False, default=0),
+    Column("first_jd", Double),
+    Column("last_jd", Double),
+    Column("created_at", **_ts),
+    Column("updated_at", **_ts),
+)
+
+candidates = Table(
+    "candidates", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("candid", BigInteger, nullable=False, unique=True),
+    Column("pid", BigInteger, nullable=False),
+    Column("expid", BigInteger, nullable=False, index=True),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("object_id", String(16), ForeignKey("objects.object_id"), index=True),
+    Column("jd", Double, nullable=False),
+    Column("ra", Double, nullable=False),
+    Column("dec", Double, nullable=False),
+    Column("isdiffpos", Boolean, nullable=False),
+    Column("magpsf", Double),
+    Column("sigmapsf", Double),
+    Column("scorr", Double),
+    Column("rb", Double),
+    Column("status", String(16), nullable=False, default="new"),
+    Column("created_at", **_ts),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("candid", BigInteger, ForeignKey("candidates.candid"), nullable=False, unique=True),
+    Column("object_id", String(16), nullable=False),
+    Column("topic", String(64)),
+    Column("path", String(512)),
+    Column("status", String(16), nullable=False, default="pending", doc="pending, sent, failed"),
+    Column("created_at", **_ts),
+    Column("sent_at", **_ts),
+)

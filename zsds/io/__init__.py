@@ -1,0 +1,1 @@
+"""The edges of zsds: everything that touches files, tables and the archive layout."""

@@ -1,0 +1,1 @@
+"""Orchestration: mapping stages over quadrants with Dask, and the clusters that run them."""

@@ -1,0 +1,1 @@
+"""Pipeline stages: I/O and database at the edges, science kernels from :mod:`zsds.core`."""
