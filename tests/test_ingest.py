@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 
-import numpy as np
 import pytest
-from astropy.io import fits
 from sqlalchemy import select
 
 from zsds.db import ops, schema as s

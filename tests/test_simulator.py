@@ -1,0 +1,125 @@
+"""The camera simulator: format, determinism and fidelity against its truth (issue 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from zsds.camera import load_camera
+from zsds.io.raw import read_raw, validate_raw
+from zsds.sim import checks
+from zsds.sim.survey import SimulationSpec, simulate
+
+SHAPE = (1030, 1024)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    counts = simulate(SimulationSpec(outdir=out, fields=[655], ccds=[13], quads=[3], quad_shape=SHAPE,
+                                     filters=["zr"], exposures_per_night=2, n_bias=2, n_flat=2,
+                                     seeing_arcsec=2.2, seed=5, n_mba=5, n_nea=1))
+    return out, counts
+
+
+def _object_quadrant(out):
+    exp = pd.read_parquet(out / "truth" / "exposures.parquet")
+    row = exp[(exp.imgtype == "object") & (exp.qid == 3)].iloc[0]
+    raw = read_raw(out / row.raw_path)
+    quad = raw.quadrants[2]
+    bias = pd.read_parquet(out / "truth" / "floating_bias.parquet")
+    rows = bias[(bias.expid == row.expid) & (bias.qid == 3)].iloc[0]["bias_rows"]
+    with fits.open(out / "truth" / "detector" / "ccd13_q3.fits") as det:
+        pattern, resp = det["BIAS"].data.copy(), det["PIXRESP"].data.copy()
+    amp = load_camera().amplifier(13, 3)
+    img = checks.truth_detrend(quad.data, rows, pattern, resp, amp.nl_a, amp.nl_b)
+    truth = pd.read_parquet(out / "truth" / "sources" / row.night / f"{row.expid}_c13_q3.parquet")
+    return row, quad, img, truth
+
+
+def test_every_simulated_file_is_valid(sim):
+    out, counts = sim
+    files = sorted((out / "raw").rglob("*.fits.fz"))
+    assert len(files) == counts["raw_files"] == 6
+    for f in files:
+        assert validate_raw(f) == [], f
+
+
+def test_outputs_follow_the_specs(sim):
+    out, _ = sim
+    sched = pd.read_csv(out / "schedule.csv")
+    assert list(sched.columns) == ["expid", "obsjd", "field_id", "filter", "exptime", "imgtype",
+                                   "program_id"]
+    assert sched["expid"].is_unique and sched["obsjd"].is_monotonic_increasing
+    ast = pd.read_csv(out / "asteroids.csv")
+    assert {"designation", "epoch_mjd", "a", "e", "i", "node", "peri", "M", "H", "G"} <= set(ast.columns)
+    raw_names = {p.name for p in (out / "raw").rglob("*.fits.fz")}
+    assert any(n.endswith("_bi_c13_b.fits.fz") for n in raw_names)
+    assert any(n.endswith("_zr_c13_f.fits.fz") for n in raw_names)
+    assert any("_000655_zr_c13_o" in n for n in raw_names)
+    for p in (out / "raw").rglob("*.fits.fz"):  # archive layout raw/YYYY/MMDD/ffffff/
+        assert p.parent.name == p.name[12:18] and p.parent.parent.name == p.name[8:12]
+
+
+def test_simulation_is_deterministic(sim, tmp_path):
+    out, _ = sim
+    again = tmp_path / "again"
+    simulate(SimulationSpec(outdir=again, fields=[655], ccds=[13], quads=[3], quad_shape=SHAPE,
+                            filters=["zr"], exposures_per_night=2, n_bias=2, n_flat=2,
+                            seeing_arcsec=2.2, seed=5, n_mba=5, n_nea=1))
+    for p in (out / "raw").rglob("*_o.fits.fz"):
+        a = read_raw(p).quadrants[2].data
+        b = read_raw(again / p.relative_to(out)).quadrants[2].data
+        assert np.array_equal(a, b)
+
+
+def test_background_noise_matches_poisson_and_read_noise(sim):
+    _, quad, img, _ = _object_quadrant(sim[0])
+    noise = checks.background_noise(img, quad.header["GAIN"], quad.header["READNOI"])
+    assert abs(noise.ratio - 1) < 0.03, noise
+
+
+def test_psf_fwhm_of_isolated_stars_matches_truth(sim):
+    _, _, img, truth = _object_quadrant(sim[0])
+    fw = checks.isolated_star_fwhm(img, truth, sky_rms=5.0, max_stars=25)
+    assert len(fw) >= 8
+    assert abs(np.median(fw.fwhm_fit / fw.fwhm_true) - 1) < 0.05
+
+
+def test_detections_above_10_sigma_match_the_catalogue(sim):
+    row, quad, img, truth = _object_quadrant(sim[0])
+    noise = checks.background_noise(img, quad.header["GAIN"], quad.header["READNOI"])
+    fwhm = float(np.median(truth.loc[truth.kind == "star", "fwhm_px"]))
+    nea = checks.noise_equivalent_area(fwhm, float(row.true_beta))
+    n_det, n_true, _ = checks.detections_above_limit(img, truth, noise.rms, fwhm, nea_px=nea)
+    assert n_true > 300
+    assert abs(n_det / n_true - 1) < 0.05, (n_det, n_true)
+
+
+def test_detector_effects_are_present(sim):
+    out, _ = sim
+    with fits.open(out / "truth" / "detector" / "ccd13_q3.fits") as det:
+        defects = det["DEFECTS"].data
+        assert (defects & 1).any() and (defects & 2).any() and (defects & 4).any()
+    exp = pd.read_parquet(out / "truth" / "exposures.parquet")
+    obj = exp[(exp.imgtype == "object") & ~exp.blank]
+    # the header WCS is approximate: wrong, but by no more than 60 arcsec
+    assert (obj.true_header_error_arcsec > 0.5).all() and (obj.true_header_error_arcsec <= 60).all()
+    # the overscan follows the floating bias of each row
+    raw = read_raw(out / obj.iloc[0].raw_path)
+    bias = pd.read_parquet(out / "truth" / "floating_bias.parquet")
+    rows = bias[(bias.expid == obj.iloc[0].expid) & (bias.qid == 3)].iloc[0]["bias_rows"]
+    os_mean = raw.quadrants[2].overscan[:, 2:-2].mean(axis=1)
+    assert np.corrcoef(os_mean, rows)[0, 1] > 0.9
+    assert np.ptp(rows) > 2.0  # it floats
+
+
+def test_saturated_stars_bleed_along_columns(tmp_path):
+    from zsds.sim import render
+    img = np.zeros((200, 50), np.float32)
+    img[100, 25] = 500_000.0
+    sat = render.bleed_columns(img, 100_000.0)
+    assert img.sum() == pytest.approx(500_000.0)
+    assert sat[:, 25].sum() == 5 and not sat[:, 24].any()
