@@ -58,7 +58,8 @@ def detrended(out: Path, row, det, amp):
     rows = bias[(bias.expid == row.expid) & (bias.qid == QID)].iloc[0]["bias_rows"]
     img = checks.truth_detrend(quad.data, rows, det["BIAS"], det["PIXRESP"], amp.nl_a, amp.nl_b)
     saturated = quad.data >= quad.header["SATURATE"]
-    return np.ascontiguousarray(img, np.float32), saturated, quad.header["GAIN"], quad.header["READNOI"]
+    hdr = quad.header
+    return np.ascontiguousarray(img, np.float32), saturated, hdr["GAIN"], hdr["READNOI"]
 
 
 def _isolated_by_flux(truth: pd.DataFrame, stars: pd.DataFrame, radius: float, frac: float):
@@ -74,7 +75,9 @@ def _isolated_by_flux(truth: pd.DataFrame, stars: pd.DataFrame, radius: float, f
 
 
 def measure_epoch(img, saturated, gain, truth: pd.DataFrame):
-    """Aperture photometry of the stars of one epoch; returns a table and the aperture correction."""
+    """Aperture photometry of the stars of one epoch.
+
+    Returns the table, the aperture correction, the sky RMS (DN) and the median FWHM (px)."""
     bkg = sep.Background(img, bw=64, bh=64)
     sub = img - bkg.back()
     ny, nx = img.shape
@@ -182,7 +185,8 @@ def depth(img, truth, row, fit, gain, rn_e, sky_rms, fwhm_meas, psf_xy):
     maglim_gauss = photcal.limiting_magnitude(fit.zp, sky_rms, fwhm_px=fwhm_meas)
     snr = ndimage.convolve(sub, (kernel / np.sqrt((kernel**2).sum())).astype(np.float32),
                            mode="nearest") / np.float32(bkg.globalrms)
-    objs = sep.extract(np.ascontiguousarray(snr, np.float32), 5.0, minarea=1, filter_kernel=None)
+    objs = sep.extract(np.ascontiguousarray(snr, np.float32), 5.0, minarea=1, filter_kernel=None,
+                       clean=False)  # sep cleaning drops faint neighbours of bright stars
     ny, nx = img.shape
     stars = truth[(truth.kind == "star") & truth.x.between(EDGE, nx - EDGE - 1)
                   & truth.y.between(EDGE, ny - EDGE - 1)]
@@ -215,25 +219,32 @@ def main():
     tables, extras = {}, {}
     for row in exp.itertuples():
         img, saturated, gain, rn = detrended(out, row, det, amp)
-        truth = pd.read_parquet(out / "truth" / "sources" / row.night / f"{row.expid}_c{CCD:02d}_q{QID}.parquet")
+        name = f"{row.expid}_c{CCD:02d}_q{QID}.parquet"
+        truth = pd.read_parquet(out / "truth" / "sources" / row.night / name)
         tables[row.expid], apc, rms, fwhm = measure_epoch(img, saturated, gain, truth)
         extras[row.expid] = (apc, rms, fwhm)
         if row.expid == exp.expid.iloc[0]:
-            first = (img, truth, row, gain, rn, rms, fwhm)
+            t = tables[row.expid]
+            psf_stars = t[(t.m_err < 0.01) & ~t.saturated & t.isolated]
+            first = (img, truth, row, gain, rn, rms, fwhm, (psf_stars.x, psf_stars.y))
         shape = img.shape
     fits0, resid = calibrate_epochs(tables, ref)
     lf = fit_lowflat(resid.x, resid.y, resid.dmag, resid.w, shape, exposure=resid.expid)
-    flat_tables = {e: t.assign(m_inst=t.m_inst + lf.mag_correction(t.x, t.y)) for e, t in tables.items()}
+    flat_tables = {e: t.assign(m_inst=t.m_inst + lf.mag_correction(t.x, t.y))
+                   for e, t in tables.items()}
     fits1, _ = calibrate_epochs(flat_tables, ref)
-    img, truth, row, gain, rn, rms, fwhm = first
+    img, truth, row, gain, rn, rms, fwhm, psf_xy = first
     report = {
         "quadrant_shape": list(shape), "n_epochs": len(tables),
-        "aperture_correction_mag": {str(e): [a.apcor, a.apcor_unc, a.n_used] for e, (a, _, _) in extras.items()},
+        "aperture_correction_mag": {str(e): [a.apcor, a.apcor_unc, a.n_used]
+                                    for e, (a, _, _) in extras.items()},
         "lowflat": {"n_used": lf.n_used, "rms_before_mag": lf.rms_before, "rms_after_mag": lf.rms,
                     "flat_min": float(lf.flat.min()), "flat_max": float(lf.flat.max())},
-        "before_lowflat": {**zp_errors(fits0, exp), **calibrated_residuals(tables, fits0, ref, shape)},
-        "after_lowflat": {**zp_errors(fits1, exp), **calibrated_residuals(flat_tables, fits1, ref, shape)},
-        "depth_first_epoch": depth(img, truth, row, fits1[row.expid], gain, rn, rms, fwhm),
+        "before_lowflat": {**zp_errors(fits0, exp),
+                           **calibrated_residuals(tables, fits0, ref, shape)},
+        "after_lowflat": {**zp_errors(fits1, exp),
+                          **calibrated_residuals(flat_tables, fits1, ref, shape)},
+        "depth_first_epoch": depth(img, truth, row, fits1[row.expid], gain, rn, rms, fwhm, psf_xy),
         "header_first_epoch": {k: v[0] for k, v in fits1[row.expid].header().items()},
     }
     print(json.dumps(report, indent=2, default=float))

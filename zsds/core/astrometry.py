@@ -27,6 +27,7 @@ Algorithm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -37,7 +38,8 @@ from ..camera import tan_deproject, tan_project
 from ..errors import AlgorithmError
 
 __all__ = ["AstrometrySolution", "solve_astrometry", "initial_offset", "match_catalogs",
-           "fit_tan_sip", "pixel_to_sky", "sky_to_pixel", "InitialOffset", "TangentPolynomial"]
+           "fit_tan_sip", "fit_terms", "pixel_to_sky", "sky_to_pixel", "InitialOffset",
+           "TangentPolynomial"]
 
 #: Match radius (arcsec) of each fit stage after the initial match, and the polynomial order
 #: of the stage (``None``: the requested ``sip_order``).
@@ -237,13 +239,14 @@ def match_catalogs(x1, y1, x2, y2, radius):
 
 def initial_offset(xd, yd, fluxd, xr, yr, magr, shape, *, max_offset_px=150.0,
                    max_rotation_deg=0.15, rotation_step_deg=0.02, n_bright=150, bin_px=2.0,
-                   min_votes=8) -> InitialOffset:
+                   min_votes=12) -> InitialOffset:
     """Shift and rotation of detections onto reference stars projected with the header WCS.
 
     Votes the offsets of all pairs (brightest ``n_bright`` detections, brightest
     ``2.5 n_bright`` reference stars) in a 2-D histogram for each trial rotation about the
     image centre; the winning cell (3x3 bins) must hold at least ``min_votes`` pairs and stand
-    6 sigma above the mean cell.
+    6 sigma (+5) above the mean cell. The rotation and shift are then refined by least squares
+    on the pairs that agree with the winner.
 
     Parameters
     ----------
@@ -278,21 +281,43 @@ def initial_offset(xd, yd, fluxd, xr, yr, magr, shape, *, max_offset_px=150.0,
     bright_r = np.argsort(np.nan_to_num(magr, nan=np.inf))[:int(2.5 * n_bright)]
     xd, yd = xd[bright_d] - centre[0], yd[bright_d] - centre[1]
     xr, yr = xr[bright_r], yr[bright_r]
-    n_steps = int(round(max_rotation_deg / rotation_step_deg))
+    n_steps = int(np.ceil(max_rotation_deg / rotation_step_deg))
+    steps = np.arange(-n_steps, n_steps + 1)
     best = None
-    for angle in rotation_step_deg * np.arange(-n_steps, n_steps + 1):
+    for angle in rotation_step_deg * steps[np.argsort(np.abs(steps), kind="stable")]:
         xa, ya = _rotate(xd, yd, angle)
         trial = _vote(xr[None, :] - (xa[:, None] + centre[0]),
                       yr[None, :] - (ya[:, None] + centre[1]), max_offset_px, bin_px)
-        if best is None or trial[2] > best[0][2]:
+        if best is None or trial[2] > best[0][2]:  # ties: the smallest rotation wins
             best = (trial, angle)
     (dx, dy, votes, background), angle = best
-    if votes < min_votes or votes < background + 6.0 * np.sqrt(background) + 3:
+    if votes < min_votes or votes < background + 6.0 * np.sqrt(background) + 5:
         raise AlgorithmError(
             f"no significant offset between {len(xd)} detections and the reference stars: "
             f"{votes} votes over a background of {background:.1f}",
-            votes=int(votes), background=float(background), n_detections=int(len(xd)))
-    return InitialOffset(float(dx), float(dy), float(angle), int(votes), float(background))
+            n_matches=int(votes), votes=int(votes), background=float(background),
+            n_detections=int(len(xd)))
+    coarse = InitialOffset(float(dx), float(dy), float(angle), int(votes), float(background))
+    return _refine_offset(coarse, xd + centre[0], yd + centre[1], xr, yr, centre, 2 * bin_px)
+
+
+def _refine_offset(start: InitialOffset, xd, yd, xr, yr, centre, radius) -> InitialOffset:
+    """Least-squares rotation and shift (no scale) of the pairs within ``radius`` of ``start``."""
+    xs, ys = start.apply(xd, yd, centre)
+    i_d, i_r, _ = match_catalogs(xs, ys, xr, yr, radius)
+    if len(i_d) < 3:
+        return start
+    pd_ = np.column_stack([xs[i_d], ys[i_d]])
+    pr = np.column_stack([xr[i_r], yr[i_r]])
+    md, mr = pd_.mean(axis=0), pr.mean(axis=0)
+    a, b = pd_ - md, pr - mr
+    dtheta = np.degrees(np.arctan2(np.sum(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]), np.sum(a * b)))
+    # New map: p -> c + R(theta + dtheta)(p - c) + shift; the shift makes the pair means agree.
+    angle = start.rotation_deg + dtheta
+    xm, ym = _rotate(np.mean(xd[i_d]) - centre[0], np.mean(yd[i_d]) - centre[1], angle)
+    shift = mr - np.array([xm + centre[0], ym + centre[1]])
+    return InitialOffset(float(shift[0]), float(shift[1]), float(angle), start.votes,
+                         start.background)
 
 
 def fit_tan_sip(x, y, ra, dec, crval, centre, order, *, weights=None, n_iter=5):
@@ -362,7 +387,7 @@ def solve_astrometry(x, y, flux, header_wcs: WCS, ref_ra, ref_dec, ref_mag, shap
     shape : (int, int)
         Image shape (rows, columns).
     sip_order : int
-        Order of the SIP polynomials (2..5).
+        Order of the SIP polynomials (2..5); 1 fits a plain TAN WCS (no distortion).
     centroid_err : array-like, optional
         1-sigma centroid error of each detection, pixels; weights the fit as
         ``1 / (err**2 + 0.01**2)``.
@@ -384,17 +409,17 @@ def solve_astrometry(x, y, flux, header_wcs: WCS, ref_ra, ref_dec, ref_mag, shap
     AlgorithmError
         Too few detections or matches (``n_matches`` attached), or no significant initial match.
     """
-    if not 2 <= sip_order <= 5:
-        raise ValueError(f"sip_order={sip_order} must be between 2 and 5")
+    if not 1 <= sip_order <= 5:
+        raise ValueError(f"sip_order={sip_order} must be between 1 (plain TAN) and 5")
     det = _clean_detections(x, y, flux, centroid_err)
     refs = _clean_refs(ref_ra, ref_dec, ref_mag)
     n_needed = max(min_matches, 2 * len(fit_terms(sip_order)))
-    if len(det[0]) < n_needed:
-        raise AlgorithmError(f"only {len(det[0])} usable detections, {n_needed} needed",
-                             n_matches=0, n_detections=int(len(det[0])), n_required=n_needed)
+    if len(det.x) < n_needed:
+        raise AlgorithmError(f"only {len(det.x)} usable detections, {n_needed} needed",
+                             n_matches=0, n_detections=int(len(det.x)), n_required=n_needed)
     scale = _pixel_scale_arcsec(header_wcs)
     xr, yr, near = _refs_on_image(header_wcs, refs, shape, max_offset_arcsec / scale)
-    start = initial_offset(det[0], det[1], det[2], xr[near], yr[near], refs[2][near], shape,
+    start = initial_offset(det.x, det.y, det.flux, xr[near], yr[near], refs[2][near], shape,
                            max_offset_px=max_offset_arcsec / scale,
                            max_rotation_deg=max_rotation_deg, n_bright=n_bright)
     poly = _start_polynomial(header_wcs, start, shape)
@@ -405,7 +430,7 @@ def solve_astrometry(x, y, flux, header_wcs: WCS, ref_ra, ref_dec, ref_mag, shap
     wcs, inv_err = _build_wcs(poly, shape)
     offset, rotation = _header_difference(header_wcs, wcs, shape)
     rms = np.sqrt(np.mean(resid**2, axis=0)) * 3600.0
-    index = (det[4][pairs[0]], np.flatnonzero(refs[3])[np.flatnonzero(near)[pairs[1]]])
+    index = (det.index[pairs[0]], np.flatnonzero(refs[3])[np.flatnonzero(near)[pairs[1]]])
     return AstrometrySolution(wcs, int(len(pairs[0])), float(rms[0]), float(rms[1]), offset,
                               rotation, index, int(sip_order), inv_err)
 
@@ -418,15 +443,25 @@ def fit_terms(order):
 # ---------------------------------------------------------------------------------------
 # steps of solve_astrometry
 # ---------------------------------------------------------------------------------------
-def _clean_detections(x, y, flux, err):
-    """Finite detections: (x, y, flux, weight, original index)."""
+class _Detections(NamedTuple):
+    """Usable detections: 0-based pixels, ranking flux, fit weight, index into the input."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    weight: np.ndarray
+    index: np.ndarray
+
+
+def _clean_detections(x, y, flux, err) -> _Detections:
+    """Detections with finite positions and weights."""
     x, y, flux = (np.asarray(a, float).ravel() for a in (x, y, flux))
     if not len(x) == len(y) == len(flux):
         raise ValueError(f"x, y, flux lengths differ: {len(x)}, {len(y)}, {len(flux)}")
     w = np.ones(len(x)) if err is None else 1.0 / (np.asarray(err, float) ** 2 + 0.01**2)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(w)
     idx = np.flatnonzero(ok)
-    return x[idx], y[idx], np.nan_to_num(flux[idx], nan=-np.inf), w[idx], idx
+    return _Detections(x[idx], y[idx], np.nan_to_num(flux[idx], nan=-np.inf), w[idx], idx)
 
 
 def _clean_refs(ra, dec, mag):
@@ -462,15 +497,15 @@ def _match_and_fit(poly, det, ra_r, dec_r, radius_arcsec, order, clip_sigma, n_n
     Returns the new polynomial, the kept pairs (detection, reference index arrays) and their
     residuals ``(dxi, deta)`` in degrees.
     """
-    xi_d, eta_d = poly(det[0], det[1])
+    xi_d, eta_d = poly(det.x, det.y)
     xi_r, eta_r = tan_project(ra_r, dec_r, *poly.crval)
     i_d, i_r, _ = match_catalogs(xi_d, eta_d, xi_r, eta_r, radius_arcsec / 3600.0)
     keep = np.ones(len(i_d), bool)
     for _ in range(3):
         _require(keep.sum(), n_needed, radius_arcsec, order)
         d, r = i_d[keep], i_r[keep]
-        poly = fit_tan_sip(det[0][d], det[1][d], ra_r[r], dec_r[r], poly.crval, poly.centre,
-                           order, weights=det[3][d])
+        poly = fit_tan_sip(det.x[d], det.y[d], ra_r[r], dec_r[r], poly.crval, poly.centre,
+                           order, weights=det.weight[d])
         resid = _residuals(poly, det, ra_r, dec_r, i_d, i_r)
         dist = np.hypot(*resid.T)
         # RMS distance of a 2-D Gaussian from the median: median(r^2) = 2 ln2 sigma^2.
@@ -485,7 +520,7 @@ def _match_and_fit(poly, det, ra_r, dec_r, radius_arcsec, order, clip_sigma, n_n
 
 def _residuals(poly, det, ra_r, dec_r, i_d, i_r):
     """(n, 2) residuals detection minus reference in the tangent plane of ``poly``, degrees."""
-    xi_d, eta_d = poly(det[0][i_d], det[1][i_d])
+    xi_d, eta_d = poly(det.x[i_d], det.y[i_d])
     xi_r, eta_r = tan_project(ra_r[i_r], dec_r[i_r], *poly.crval)
     return np.column_stack([xi_d - xi_r, eta_d - eta_r])
 
@@ -499,24 +534,31 @@ def _require(n, n_needed, radius_arcsec, order):
 
 
 def _build_wcs(poly: TangentPolynomial, shape):
-    """TAN-SIP WCS of a tangent polynomial, and the largest AP/BP round-trip error (pixels)."""
+    """TAN-SIP WCS of a tangent polynomial, and the largest AP/BP round-trip error (pixels).
+
+    An order-1 polynomial gives a plain TAN WCS (round-trip error 0).
+    """
     cd = np.array([[poly.cx[1], poly.cx[2]], [poly.cy[1], poly.cy[2]]])
-    cd_inv = np.linalg.inv(cd)
+    crpix = np.asarray(poly.centre, float) + 1.0  # 0-based -> FITS 1-based, the only place
+    w = WCS(naxis=2)
+    w.wcs.crval = list(poly.crval)
+    w.wcs.crpix = list(crpix)
+    w.wcs.cd = cd
+    w.pixel_shape = (shape[1], shape[0])
     order = poly.order
+    if order == 1:
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.set()
+        return w, 0.0
+    cd_inv = np.linalg.inv(cd)
     a = np.zeros((order + 1, order + 1))
     b = np.zeros_like(a)
     for k, (p, q) in enumerate(poly.terms):
         if p + q >= 2:
             a[p, q], b[p, q] = cd_inv @ np.array([poly.cx[k], poly.cy[k]])
     ap, bp, inv_err = _fit_inverse(a, b, shape, order + 1)
-    crpix = np.asarray(poly.centre, float) + 1.0  # 0-based -> FITS 1-based, the only place
-    w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
-    w.wcs.crval = list(poly.crval)
-    w.wcs.crpix = list(crpix)
-    w.wcs.cd = cd
     w.sip = Sip(a, b, ap, bp, crpix)
-    w.pixel_shape = (shape[1], shape[0])
     w.wcs.set()
     return w, inv_err
 

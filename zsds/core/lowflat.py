@@ -169,7 +169,7 @@ def fit_lowflat(x, y, dmag, weights, shape, *, exposure=None, degree: int = 3,
     used = finite.copy()
     for _ in range(max_iter):
         _require(used.sum(), n_required)
-        a, c, model = _solve(dmag[used], w[used], design[used], group[used], labels.size)
+        a, c, _ = _solve(dmag[used], w[used], design[used], group[used], labels.size)
         z = (dmag - a[group] - design @ c) * np.sqrt(np.where(finite, w, 0.0))
         scale = max(_MAD_TO_SIGMA * np.median(np.abs(z[used] - np.median(z[used]))), 1.0)
         new_used = finite & (np.abs(z) <= clip * scale)
@@ -183,7 +183,8 @@ def fit_lowflat(x, y, dmag, weights, shape, *, exposure=None, degree: int = 3,
 
 def _require(n, n_required):
     if n < n_required:
-        raise AlgorithmError(f"only {int(n)} stars for the low-frequency flat, {n_required} required",
+        raise AlgorithmError(f"only {int(n)} stars for the low-frequency flat,"
+                             f" {n_required} required",
                              n_stars=int(n), n_required=int(n_required))
 
 

@@ -334,7 +334,9 @@ def aperture_correction(flux_small, flux_large, flux_small_err=None, flux_large_
         var = _mag_var(fs, flux_small_err) + _mag_var(fl, flux_large_err)
     ok = np.isfinite(d) & (fs > 0) & (fl > 0) & np.isfinite(var)
     _require(ok.sum(), min_stars, "stars for the aperture correction")
-    weight = np.where(ok, 1.0 / np.maximum(var, 1e-12), 0.0) if flux_small_err is not None else ok * 1.0
+    weight = ok * 1.0
+    if flux_small_err is not None:
+        weight = np.where(ok, 1.0 / np.maximum(var, 1e-12), 0.0)
     used = ok
     for _ in range(max_iter):
         scale = max(_robust_sigma(d[used]), 1e-4)
@@ -356,7 +358,8 @@ def _mag_var(flux, err):
     return (2.5 / np.log(10) * np.asarray(err, float) / flux) ** 2
 
 
-def curve_of_growth(image, x, y, radii, *, err: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def curve_of_growth(image, x, y, radii, *,
+                    err: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Median normalised curve of growth of stars in a background-subtracted image.
 
     Parameters

@@ -109,7 +109,8 @@ def _checks(m: dict, t: QualityThresholds):
     get = m.get
     yield ("ZP_FIT_FAILED", "zp_fit_failed" in m, bool(get("zp_fit_failed")),
            "photometric calibration failed")
-    yield ("FEW_CALIBRATORS", "n_calibrators" in m, not get("n_calibrators", 0) >= t.min_calibrators,
+    yield ("FEW_CALIBRATORS", "n_calibrators" in m,
+           not get("n_calibrators", 0) >= t.min_calibrators,
            f"n_calibrators={get('n_calibrators')} < {t.min_calibrators}")
     yield ("LARGE_ZP_RMS", "zp_rms" in m, not get("zp_rms", 0.0) <= t.max_zp_rms,
            f"zp_rms={get('zp_rms')} > {t.max_zp_rms}")

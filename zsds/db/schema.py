@@ -17,6 +17,7 @@ table                   one row per                                             
 ``objects``             astrophysical object (association of candidates)                ``object_id``
 ``candidates``          difference-image candidate                                      ``candid``
 ``alerts``              alert packet                                                    ``candid``
+``object_counters``     year of objectIds (next running number, for ZTFyy + 7 letters)  ``year``
 ``schema_info``         key/value (schema version)                                      ``key``
 ======================  ==============================================================  ==================================
 
@@ -33,7 +34,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Double, ForeignKe
 
 __all__ = ["metadata", "SCHEMA_VERSION", "exposures", "raw_files", "quadrant_images",
            "quarantine", "calibrations", "processing", "reference_images", "objects",
-           "candidates", "alerts", "schema_info"]
+           "candidates", "alerts", "object_counters", "schema_info"]
 
 #: Bumped whenever a table changes incompatibly.
 SCHEMA_VERSION = "1"
@@ -113,7 +114,15 @@ quadrant_images = Table(
            doc="raw -> calibrated -> subtracted ...; failed"),
     Column("status_message", Text),
     Column("updated_at", **_ts),
+    # -- filled by the subtraction stage; used for alert upper limits (zsds.alerts.history)
+    Column("pid", BigInteger, doc="processing ID (zsds.alerts.ids.make_pid)"),
+    Column("diffmaglim", Double, doc="5-sigma limiting mag of the difference image"),
+    Column("ra_center", Double, doc="footprint centre, deg"),
+    Column("dec_center", Double, doc="footprint centre, deg"),
+    Column("footprint_radius", Double, doc="radius circumscribing the footprint, deg"),
+    Column("footprint", Text, doc="JSON [[ra, dec] x 4] corners, deg (optional)"),
     UniqueConstraint("expid", "ccd_id", "qid"),
+    Index("ix_quadrant_images_dec_center", "dec_center"),
 )
 
 quarantine = Table(
@@ -196,6 +205,13 @@ objects = Table(
     Column("last_jd", Double),
     Column("created_at", **_ts),
     Column("updated_at", **_ts),
+    Index("ix_objects_dec", "dec"),
+)
+
+object_counters = Table(
+    "object_counters", metadata,
+    Column("year", Integer, primary_key=True, autoincrement=False, doc="4-digit year"),
+    Column("next_index", BigInteger, nullable=False, doc="running number of the next object"),
 )
 
 candidates = Table(
@@ -217,6 +233,12 @@ candidates = Table(
     Column("rb", Double),
     Column("status", String(16), nullable=False, default="new"),
     Column("created_at", **_ts),
+    # -- for alert histories (zsds.alerts.history)
+    Column("fid", Integer),
+    Column("programid", Integer),
+    Column("diffmaglim", Double),
+    Column("payload", Text, doc="JSON of the candidate's ZTF alert-schema fields"),
+    Index("ix_candidates_dec", "dec"),
 )
 
 alerts = Table(
