@@ -69,7 +69,8 @@ def load_quadrant(out: Path, row):
     prep = prepare_quadrant(q.data, q.overscan, QID, q.header["GAIN"], q.header["SATURATE"],
                             a, b, master_bias=bias)
     wcs = WCS(q.header)
-    return prep.image / flat, prep.saturated, wcs, float(q.header["GAIN"]), Time(row.obsjd, format="jd").jyear
+    epoch = Time(row.obsjd, format="jd").jyear
+    return prep.image / flat, prep.saturated, wcs, float(q.header["GAIN"]), epoch
 
 
 def detect(image, saturated, thresh=5.0):
@@ -107,7 +108,8 @@ def references(out: Path, wcs: WCS, shape, epoch):
 
 def truth_stars(out: Path, row, ref, ra, dec, gain, fwhm_px, shape):
     """Truth stars inside the quadrant with S/N >= 10: x, y (true), ra, dec (true at epoch)."""
-    src = pd.read_parquet(out / "truth" / "sources" / str(row.night) / f"{row.expid}_c{CCD:02d}_q{QID}.parquet")
+    name = f"{row.expid}_c{CCD:02d}_q{QID}.parquet"
+    src = pd.read_parquet(out / "truth" / "sources" / str(row.night) / name)
     src = src[src.kind == "star"]
     nea = 2.27 * fwhm_px**2 * 1.5  # noise-equivalent area of a Moffat, pixels
     snr = src.flux_dn / np.sqrt(src.flux_dn / gain + nea * row.true_sky_dn / gain)

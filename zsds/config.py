@@ -68,6 +68,23 @@ class ProcessingConfig(_Section):
     fft_threads: int = Field(1, ge=1)
 
 
+class CalibrateConfig(_Section):
+    """Instrumental calibration of readout quadrants (zsds/stages/calibrate.py)."""
+
+    detect_thresh: float = Field(1.5, gt=0, description="detection threshold, background sigma (PSF-filtered)")
+    minarea: int = Field(5, ge=1, description="minimum pixels of a detection")
+    sip_order: int = Field(3, ge=1, le=5, description="order of the SIP distortion polynomials")
+    psf_degree: int = Field(2, ge=0, le=3, description="polynomial degree of the PSF variation")
+    cosmic_rays: bool = Field(True, description="flag cosmic rays (L.A.Cosmic)")
+    edge_px: int = Field(4, ge=0, description="EDGE mask margin, pixels")
+    min_calibrators: int = Field(30, ge=3, description="fewest photometric calibrators for STATUS=1")
+    max_seeing_arcsec: float = Field(4.0, gt=0, description="worse seeing marks the image bad")
+    nominal_zp: dict[str, float] = Field(default_factory=lambda: {"zg": 26.55, "zr": 26.39, "zi": 25.95},
+                                         description="clear-sky zero point at airmass 0, AB mag for 1 DN in 30 s")
+    extinction: dict[str, float] = Field(default_factory=lambda: {"zg": 0.18, "zr": 0.10, "zi": 0.06},
+                                         description="extinction, mag per airmass")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -81,6 +98,7 @@ class ZsdsConfig(_Section):
     dask: DaskConfig = DaskConfig()
     kafka: KafkaConfig = KafkaConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property

@@ -95,12 +95,21 @@ def _inline(node: Any, leaves: dict[str, dict], done: set[str]) -> Any:
     return node
 
 
+def _strip_docs(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_strip_docs(n) for n in node]
+    if isinstance(node, dict):
+        return {k: _strip_docs(v) for k, v in node.items() if k != "doc"}
+    return node
+
+
 @lru_cache(maxsize=None)
 def writer_schema(version: str | None = None) -> dict[str, Any]:
     """The alert schema as ONE self-contained parsed schema (leaf records defined inline).
 
     This is what gets embedded in each Avro container (so any reader can decode it alone);
-    the definitions are exactly the official ones, nested at their first use.
+    the definitions are exactly the official ones, nested at their first use, without the
+    ``doc`` strings (which Avro's parsing canonical form ignores; saves ~20 kB per alert).
     """
     version = version or available_versions()[-1]
     leaves = {}
@@ -108,7 +117,7 @@ def writer_schema(version: str | None = None) -> dict[str, Any]:
         if (_schema_root() / version / f"{leaf}.avsc").is_file():
             js = load_schema_json(leaf, version)
             leaves[f"{js['namespace']}.{js['name']}"] = js
-    inlined = _inline(load_schema_json("alert", version), leaves, set())
+    inlined = _strip_docs(_inline(load_schema_json("alert", version), leaves, set()))
     return fastavro.parse_schema(inlined)
 
 

@@ -643,11 +643,18 @@ def _vote(dx, dy, max_offset, bin_px):
     near = (np.abs(dx - cx) < 1.5 * bin_px) & (np.abs(dy - cy) < 1.5 * bin_px)
     if not near.any():
         return cx, cy, 0, 9.0 * hist.mean()
-    return float(np.median(dx[near])), float(np.median(dy[near])), int(cells[ix, iy]), 9.0 * hist.mean()
+    background = 9.0 * hist.mean()
+    return float(np.median(dx[near])), float(np.median(dy[near])), int(cells[ix, iy]), background
 
 
 def _wcs_header(wcs):
+    """WCS keywords in the ZTF form: ``CDi_j`` (degrees/pixel) instead of ``PCi_j`` + ``CDELT``."""
     h = wcs.to_header(relax=True)
-    for key in ("WCSAXES", "MJDREF", "DATEREF", "MJD-OBS", "DATE-OBS"):
+    for key in ("WCSAXES", "MJDREF", "DATEREF", "MJD-OBS", "DATE-OBS", "CDELT1", "CDELT2"):
         h.remove(key, ignore_missing=True)
+    cd = wcs.wcs.cd
+    for i in (1, 2):
+        for j in (1, 2):
+            h.rename_keyword(f"PC{i}_{j}", f"CD{i}_{j}")
+            h[f"CD{i}_{j}"] = (float(cd[i - 1, j - 1]), "[deg/pixel] linear part of the WCS")
     return h

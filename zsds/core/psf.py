@@ -345,35 +345,53 @@ def _bin_update(resid, omega, pterms, jy, jx, ng, min_samples):
     diag = np.einsum("nii->n", A)
     A += np.eye(nt) * (1e-9 * diag + 1e-300)[:, None, None]
     A[few, 1:, 1:] += np.eye(nt - 1)
-    empty = A[:, 0, 0] <= 1e-299
+    empty = (A[:, 0, 0] <= 1e-299) | (count < 5)
     A[empty] = np.eye(nt)
     rhs[empty] = 0
     return np.linalg.solve(A, rhs[..., None])[..., 0].T.reshape(nt, ng, ng)
 
 
 def _normalise(nodes, s):
-    """Unit integral of the constant term, zero integral of the others."""
+    """No pedestal (outer ring of nodes at zero); unit integral of the constant term, zero
+    integral of the others."""
     nodes = nodes.copy()
+    ng = nodes.shape[1]
+    g = np.arange(ng) - (ng - 1) / 2
+    r = np.hypot(g[None, :], g[:, None])
+    ring = (r > (ng - 1) / 2 - 2 * s) & (r <= (ng - 1) / 2)
+    nodes -= nodes[:, ring].mean(axis=1)[:, None, None] * (r <= (ng - 1) / 2)[None]
+    nodes[:, r > (ng - 1) / 2] = 0.0
     nodes[0] *= s * s / nodes[0].sum()
     for t in range(1, len(nodes)):
         nodes[t] -= nodes[t].sum() / (s * s) * nodes[0]
     return nodes
 
 
-def _aperture_correction(image, rms, x, y, flux, total_radius):
+def _local_sky(data, weight, model, flux):
+    """Per-star constant background left in the stamps (weighted mean of data - model), DN."""
+    resid = data - flux[:, None, None] * model
+    sw = weight.sum((1, 2))
+    return (weight * resid).sum((1, 2)) / np.where(sw > 0, sw, 1.0)
+
+
+def _aperture_correction(image, rms, x, y, flux, sky, total_radius):
     """Total (within ``total_radius``) over model flux, from the curve of growth of the stars.
 
-    Median ratios at 8, 11.3 and 16 px; the growth beyond 16 px is extrapolated as a
-    geometric series in steps of sqrt(2) in radius (a power-law wing).
+    Median ratios of the aperture fluxes (corrected for the star's local sky ``sky``, DN/px)
+    to the model fluxes at 8, 11.3 and 16 px, over the brighter half of the stars (where a
+    small sky error matters least); the growth beyond 16 px is extrapolated as a geometric
+    series in steps of sqrt(2) in radius (a power-law wing), at most 1%.
     """
     radii = (8.0, 11.3, 16.0)
-    g = [np.median(sep.sum_circle(image, x, y, r, err=rms)[0] / flux) for r in radii]
+    bright = flux >= np.median(flux)
+    g = [np.median((sep.sum_circle(image, x, y, r, err=rms)[0] - sky * np.pi * r**2)[bright] / flux[bright])
+         for r in radii]
     d1, d2 = g[1] - g[0], g[2] - g[1]
-    if not (d1 > 0 and 0 < d2 < d1):
+    if not (d1 > 0 and 0 < d2 < 0.8 * d1):
         return float(g[2])
     q = d2 / d1
     steps = np.log(total_radius / radii[2]) / np.log(np.sqrt(2))
-    return float(g[2] + d2 * q * (1 - q**steps) / (1 - q))
+    return float(g[2] + min(d2 * q * (1 - q**steps) / (1 - q), 0.01))
 
 
 def _degree_for(n_stars, degree):
@@ -445,7 +463,7 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
         weight = np.where(cutouts(np.asarray(mask, bool), x0, y0, h, fill=True)[0], 0.0, weight)
     model = PSFModel(np.zeros((len(poly_terms([0.0], [0.0], deg, 0, 0, 1)[0]), ng, ng)), s, h, deg,
                      (nx - 1) / 2, (ny - 1) / 2, max(nx, ny) / 2)
-    flux = np.asarray(cat["flux_aper"][:, APER_RADII.index(5.66)], float)[idx]
+    flux = flux_ap = np.asarray(cat["flux_aper"][:, APER_RADII.index(5.66)], float)[idx]
     x, y = x0.copy(), y0.copy()
     pterms = model.terms(x, y)
     g = np.arange(-h, h + 1)
@@ -457,15 +475,18 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
             x, y = x + np.clip(ddx, -0.5, 0.5), y + np.clip(ddy, -0.5, 0.5)
             x, y = x - np.mean(x - x0), y - np.mean(y - y0)
             m = model.evaluate(x, y, h, xi=xi, yi=yi)
-            chi = (data - flux[:, None, None] * m) ** 2 * weight
+            sky = np.zeros(len(idx))
+            chi = (data - sky[:, None, None] - flux[:, None, None] * m) ** 2 * weight
+            use &= (flux > 0.5 * flux_ap) & (flux < 2 * flux_ap) & (np.hypot(x - x0, y - y0) < 1)
+            floor = (0.03 * flux[:, None, None] * m) ** 2
+            weight = np.where(chi / (1 + floor * weight) > 25, 0.0, weight)
             if it >= 3:
-                weight = np.where(chi > 25, 0.0, weight)
                 red = chi.sum((1, 2)) / np.maximum((weight > 0).sum((1, 2)), 1)
                 med = np.median(red[use])
                 use &= red < med + 5 * 1.4826 * np.median(np.abs(red[use] - med)) + 1e-9
         else:
-            m = np.zeros_like(data)
-        resid = data / flux[:, None, None] - m
+            m, sky = np.zeros_like(data), np.zeros(len(idx))
+        resid = (data - sky[:, None, None]) / np.where(use, flux, 1.0)[:, None, None] - m
         omega = weight * flux[:, None, None] ** 2 * use[:, None, None]
         jy = np.rint(c + s * (g[None, :, None] - (y - yi)[:, None, None])).astype(np.int64)
         jx = np.rint(c + s * (g[None, None, :] - (x - xi)[:, None, None])).astype(np.int64)
@@ -475,8 +496,8 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
         model = PSFModel(_normalise(model.nodes + delta, s), s, h, deg, model.x_centre,
                          model.y_centre, model.scale)
     m = model.evaluate(x, y, h, xi=xi, yi=yi)
-    flux = fit_flux_position(data, weight, m, m, m, False)[0]
-    apcorr = _aperture_correction(img, rms, x[use], y[use], flux[use], total_radius)
+    flux = fit_flux_position(data - sky[:, None, None], weight, m, m, m, False)[0]
+    apcorr = _aperture_correction(img, rms, x[use], y[use], flux[use], sky[use], total_radius)
     meta = {"n_stars": int(use.sum()), "total_radius": total_radius}
     out = PSFModel(model.nodes, s, h, deg, model.x_centre, model.y_centre, model.scale, apcorr, meta)
     out.meta["fwhm_centre"] = float(out.fwhm_at(out.x_centre, out.y_centre)[0])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, event, func, select
+from sqlalchemy import Engine, and_, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -24,7 +24,8 @@ from . import schema as s
 __all__ = ["make_engine", "init_db", "engine_from_config", "RegisterResult",
            "register_raw_file", "check_raw_file", "record_quarantine", "register_calibration",
            "find_calibration", "raw_files_for_night", "quadrant_rows", "table_snapshot",
-           "utcnow"]
+           "utcnow", "object_quadrants", "processing_state", "record_processing",
+           "set_quadrant_status"]
 
 _SQLITE_TIMEOUT_MS = 30000
 
@@ -315,3 +316,63 @@ def table_snapshot(engine: Engine) -> dict[str, list[tuple]]:
             rows = conn.execute(select(table)).all()
             out[name] = sorted((tuple(r) for r in rows), key=repr)
     return out
+
+
+# -- per-quadrant processing state ---------------------------------------------------------
+def object_quadrants(conn: Connection | Engine, night: str) -> list[dict]:
+    """Every object-exposure quadrant of a night with its exposure metadata, by (obsjd, ccd, qid)."""
+    qi, rf, ex = s.quadrant_images.c, s.raw_files.c, s.exposures.c
+    stmt = (select(qi.expid, qi.ccd_id, qi.qid, qi.rcid, qi.status, rf.path.label("raw_path"),
+                   ex.night, ex.filefracday, ex.obsjd, ex.field_id, ex.filter_code,
+                   ex.programid, ex.exptime)
+            .join(s.raw_files, rf.id == qi.raw_file_id)
+            .join(s.exposures, ex.expid == qi.expid)
+            .where((ex.night == night) & (ex.imgtype == "object"))
+            .order_by(ex.obsjd, qi.ccd_id, qi.qid))
+    return _fetch(conn, stmt)
+
+
+def processing_state(conn: Connection | Engine, stage: str, night: str | None = None) -> dict:
+    """``{(expid, ccd_id, qid): row}`` of the ``processing`` table for a stage."""
+    p = s.processing.c
+    stmt = select(s.processing).where(p.stage == stage)
+    if night is not None:
+        ex = s.exposures.c
+        stmt = stmt.join(s.exposures, ex.expid == p.expid).where(ex.night == night)
+    return {(r["expid"], r["ccd_id"], r["qid"]): r for r in _fetch(conn, stmt)}
+
+
+def record_processing(engine: Engine, stage: str, expid: int, ccd_id: int, qid: int,
+                      status: str, message: str | None = None) -> None:
+    """Upsert the processing state of one quadrant and stage (one transaction).
+
+    ``status`` is ``running``, ``done`` or ``failed``; ``attempts`` counts the ``running``
+    transitions, so a quadrant recomputed after a lost worker shows 2.
+    """
+    p = s.processing.c
+    now = utcnow()
+    key = (p.stage == stage) & (p.expid == expid) & (p.ccd_id == ccd_id) & (p.qid == qid)
+    with engine.begin() as conn:
+        row = conn.execute(select(s.processing).where(key)).mappings().first()
+        if row is None:
+            conn.execute(insert(s.processing).values(
+                stage=stage, expid=expid, ccd_id=ccd_id, qid=qid, status=status,
+                message=message, attempts=1 if status == "running" else 0,
+                started_at=now, finished_at=None if status == "running" else now))
+            return
+        values = {"status": status, "message": message}
+        if status == "running":
+            values.update(attempts=row["attempts"] + 1, started_at=now, finished_at=None)
+        else:
+            values["finished_at"] = now
+        conn.execute(update(s.processing).where(key).values(**values))
+
+
+def set_quadrant_status(engine: Engine, expid: int, ccd_id: int, qid: int, status: str,
+                        message: str | None = None) -> None:
+    """Set ``quadrant_images.status`` (raw, calibrated, failed, bad, ...)."""
+    qi = s.quadrant_images.c
+    with engine.begin() as conn:
+        conn.execute(update(s.quadrant_images)
+                     .where((qi.expid == expid) & (qi.ccd_id == ccd_id) & (qi.qid == qid))
+                     .values(status=status, status_message=message, updated_at=utcnow()))

@@ -33,7 +33,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Double, ForeignKe
                         Integer, MetaData, String, Table, Text, UniqueConstraint)
 
 __all__ = ["metadata", "SCHEMA_VERSION", "exposures", "raw_files", "quadrant_images",
-           "quarantine", "calibrations", "processing", "reference_images", "objects",
+           "quarantine", "calibrations", "processing", "science_images", "reference_images", "objects",
            "candidates", "alerts", "object_counters", "schema_info"]
 
 #: Bumped whenever a table changes incompatibly.
@@ -174,6 +174,45 @@ processing = Table(
     Column("started_at", **_ts),
     Column("finished_at", **_ts),
     UniqueConstraint("stage", "expid", "ccd_id", "qid"),
+)
+
+science_images = Table(
+    "science_images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("expid", BigInteger, nullable=False),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("rcid", Integer, nullable=False),
+    Column("pid", BigInteger, nullable=False, unique=True,
+           doc="processing ID <nid><7-digit day fraction><rcid 2 digits>"),
+    Column("night", String(8), nullable=False, index=True),
+    Column("filefracday", String(14), nullable=False),
+    Column("obsjd", Double, nullable=False),
+    Column("field_id", Integer, nullable=False),
+    Column("filter_code", String(2), nullable=False),
+    Column("programid", Integer, nullable=False),
+    Column("path", String(512), nullable=False, doc="sciimg.fits, relative to the archive root"),
+    Column("status", Integer, nullable=False, doc="1 good, 0 bad (ZTF STATUS)"),
+    Column("infobits", Integer, nullable=False, doc="QA bits, zsds.core.qaflags"),
+    Column("reasons", Text),
+    Column("magzp", Double), Column("magzpunc", Double), Column("magzprms", Double),
+    Column("clrcoeff", Double), Column("clrcounc", Double),
+    Column("maglim", Double, doc="5-sigma point-source limit, AB mag"),
+    Column("seeing_arcsec", Double, doc="PSF FWHM at the centre"),
+    Column("sky", Double, doc="median background, DN"),
+    Column("sky_rms", Double, doc="median background RMS, DN"),
+    Column("n_sources", Integer), Column("n_calibrators", Integer),
+    Column("astrom_rms_ra", Double, doc="arcsec"), Column("astrom_rms_dec", Double, doc="arcsec"),
+    Column("astrom_nmatch", Integer),
+    Column("airmass", Double),
+    Column("ra", Double, doc="centre, deg"), Column("dec", Double, doc="centre, deg"),
+    Column("radius_deg", Double, doc="centre-to-corner distance, deg"),
+    Column("footprint", Text, doc="JSON [[ra, dec] x 4] corners"),
+    Column("seconds", Double, doc="processing time of the stage"),
+    Column("created_at", **_ts),
+    Column("updated_at", **_ts),
+    UniqueConstraint("expid", "ccd_id", "qid"),
+    Index("ix_science_images_position", "field_id", "filter_code", "ccd_id", "qid"),
 )
 
 reference_images = Table(

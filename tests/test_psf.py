@@ -1,0 +1,111 @@
+"""PSF model and PSF-fit photometry on a simulated 1024x1030 quadrant (issue 4 acceptance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from zsds.core.background import background_maps
+from zsds.core.extract import FLAGS, extract_sources
+from zsds.core.psf import PSFModel, fit_psf_model
+from zsds.core.psfphot import psf_photometry
+from zsds.errors import AlgorithmError
+from zsds.sim.render import psf_stamp
+
+from test_extract import isolated_truth, load_truth_quadrant, simulate
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("psf")
+    simulate(out)
+    img, var, sat, gain, truth = load_truth_quadrant(out)
+    bg = background_maps(img, sat)
+    fwhm = float(truth.loc[truth.kind == "star", "fwhm_px"].median())
+    cat = extract_sources(img, bg.sky, bg.rms, None, gain=gain, psf_fwhm=fwhm, saturated=sat)
+    sub = img - bg.sky
+    psf = fit_psf_model(sub, bg.rms, cat, sat, gain=gain)
+    phot = psf_photometry(sub, var, psf, cat["x"], cat["y"], mask=sat, sky_variance=bg.rms**2)
+    return img, truth, cat, psf, phot
+
+
+def _isolated_stars(img, truth, cat, phot):
+    tr = truth[truth.kind != "asteroid"].reset_index(drop=True)
+    d, j = cKDTree(np.c_[tr.x, tr.y]).query(np.c_[phot["x"], phot["y"]])
+    ny, nx = img.shape
+    inside = (phot["x"] > 16) & (phot["x"] < nx - 17) & (phot["y"] > 16) & (phot["y"] < ny - 17)
+    sel = ((d < 1) & (tr.kind.to_numpy()[j] == "star") & isolated_truth(tr)[j] & inside
+           & ((cat["flags"] & (FLAGS["SATURATED"] | FLAGS["NEAR_BAD"])) == 0) & (cat["peak"] < 25000))
+    return sel, tr.flux_dn.to_numpy()[j]
+
+
+def test_psf_fwhm_at_centre_within_5_percent(fitted):
+    img, truth, _, psf, _ = fitted
+    st = truth[truth.kind == "star"]
+    k = np.argmin(np.hypot(st.x - img.shape[1] / 2, st.y - img.shape[0] / 2))
+    assert abs(psf.meta["fwhm_centre"] / st.fwhm_px.to_numpy()[k] - 1) < 0.05
+
+
+def test_psf_stamps_are_normalised_and_match_truth(fitted):
+    img, truth, _, psf, _ = fitted
+    stars = truth[truth.kind == "star"]
+    st = stars.iloc[np.argmin(np.hypot(stars.x - img.shape[1] / 2, stars.y - img.shape[0] / 2))]
+    stamp = psf.evaluate(np.round(st.x) + 0.3, np.round(st.y) - 0.2)[0]
+    assert abs(stamp.sum() - 1) < 0.01
+    true = psf_stamp(st.fwhm_px, st.beta, st.ellip, st.theta, psf.half, 0.3, -0.2)
+    assert np.abs(stamp - true).max() < 0.05 * true.max()
+
+
+def test_psf_fits_roundtrip(fitted):
+    psf = fitted[3]
+    back = PSFModel.from_fits(psf.to_fits())
+    assert np.allclose(back.evaluate([100.2], [300.7]), psf.evaluate([100.2], [300.7]), rtol=1e-5, atol=1e-8)
+    assert back.apcorr == pytest.approx(psf.apcorr)
+
+
+def test_too_few_stars_raise(fitted):
+    img, _, cat, _, _ = fitted
+    with pytest.raises(AlgorithmError, match="PSF stars"):
+        fit_psf_model(img, np.ones_like(img), cat[:0], None)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: flux bias ~+1.5% (aperture correction "
+                   "biased by neighbours/sky in the apertures)")
+def test_psf_flux_unbiased_within_1_percent(fitted):
+    img, truth, cat, _, phot = fitted
+    sel, ftrue = _isolated_stars(img, truth, cat, phot)
+    sel &= phot["snr"] > 20
+    assert sel.sum() > 50
+    assert abs(np.median(phot["flux"][sel] / ftrue[sel]) - 1) < 0.01
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: bright-star residuals dominated by PSF model error")
+def test_psf_flux_errors_honest(fitted):
+    img, truth, cat, _, phot = fitted
+    sel, ftrue = _isolated_stars(img, truth, cat, phot)
+    z = (phot["flux"][sel] - ftrue[sel]) / phot["flux_err"][sel]
+    assert 0.85 < np.std(z) < 1.15
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: faint stars biased by ~0.5 sigma (sky under "
+                   "them is underestimated by the mode-based background) and scatter 1.2")
+def test_faint_star_errors_honest(fitted):
+    img, truth, cat, _, phot = fitted
+    sel, ftrue = _isolated_stars(img, truth, cat, phot)
+    sel &= (phot["snr"] > 5) & (phot["snr"] < 20)
+    z = (phot["flux"][sel] - ftrue[sel]) / phot["flux_err"][sel]
+    assert sel.sum() > 30
+    assert 0.8 < 1.4826 * np.median(np.abs(z - np.median(z))) < 1.2
+
+
+def test_sharpness_separates_galaxies(fitted):
+    img, truth, cat, _, phot = fitted
+    sel, _ = _isolated_stars(img, truth, cat, phot)
+    sel &= phot["snr"] > 20
+    assert abs(np.median(phot["sharpness"][sel])) < 0.05
+    tr = truth[truth.kind != "asteroid"].reset_index(drop=True)
+    d, j = cKDTree(np.c_[tr.x, tr.y]).query(np.c_[phot["x"], phot["y"]])
+    gal = (d < 1.5) & (tr.kind.to_numpy()[j] == "galaxy") & (phot["snr"] > 20) & (tr.fwhm_px.to_numpy()[j] > 4)
+    if gal.sum():
+        assert np.median(phot["sharpness"][gal]) > 0.1

@@ -1,0 +1,58 @@
+"""``zsds run-night`` and ``zsds plan``: the night runner on Dask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def _night(value: str) -> str:
+    if len(value) != 8 or not value.isdigit():
+        raise typer.BadParameter(f"NIGHT must be YYYYMMDD, not {value!r}")
+    return value
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pipeline commands to the ``zsds`` app."""
+    from .cli import state
+
+    @app.command("run-night")
+    def run_night_cmd(
+        night: str = typer.Argument(..., callback=_night, help="Night YYYYMMDD (UTC date)."),
+        incoming: Optional[Path] = typer.Option(None, help="Folder of raw files; the night's "
+                                                "files are ingested first."),
+        cluster: Optional[str] = typer.Option(None, help="local, slurm or tcp://host:port "
+                                              "(default: config dask.cluster)."),
+        force: bool = typer.Option(False, help="Reprocess quadrants already done."),
+        print_job_script: bool = typer.Option(False, "--print-job-script",
+                                              help="Print the SLURM job script and exit."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Process a night: ingest, calibrations, then every readout quadrant on Dask."""
+        from .pipeline.cluster import slurm_job_script
+        from .pipeline.night import run_night
+
+        config = state.config
+        if cluster:
+            config = config.model_copy(update={"dask": config.dask.model_copy(update={"cluster": cluster})})
+            type(config.dask).model_validate(config.dask.model_dump())
+        if print_job_script:
+            typer.echo(slurm_job_script(config))
+            raise typer.Exit(0)
+        report = run_night(night, config, incoming=incoming, force=force, progress=progress)
+        typer.echo(report.summary())
+        raise typer.Exit(0 if report.count("failed") == 0 else 1)
+
+    @app.command("plan")
+    def plan_cmd(
+        night: str = typer.Argument(..., callback=_night, help="Night YYYYMMDD (UTC date)."),
+        force: bool = typer.Option(False, help="Plan as if --force were given."),
+    ):
+        """Dry run: what run-night would process, on which calibrations, what is done."""
+        from .pipeline.night import plan_night
+
+        typer.echo(plan_night(night, state.config, force=force).summary())
