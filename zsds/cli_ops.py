@@ -75,4 +75,22 @@ def register(app: typer.Typer) -> None:
     calib = typer.Typer(help="Calibration products of a night.", no_args_is_help=True)
     calib.command("bias")(calib_bias_cmd)
     calib.command("flat")(calib_flat_cmd)
+    calib.command("lowflat")(calib_lowflat_cmd)
     app.add_typer(calib, name="calib")
+
+
+def calib_lowflat_cmd(
+    night: str = typer.Argument(..., help="Last night of the window, YYYYMMDD."),
+    days: float = typer.Option(30.0, min=1.0, help="Window of calibrated exposures, days."),
+    degree: int = typer.Option(3, min=1, max=6, help="Degree of the 2-D polynomial."),
+):
+    """Low-frequency flats from the photometric residuals of calibrated exposures."""
+    from .cli import state
+    from .stages.lowflat import make_lowflats
+
+    report = make_lowflats(night, state.config, days=days, degree=degree)
+    for line in report.made:
+        typer.echo(f"made     {line}")
+    for line in report.skipped:
+        typer.echo(f"skipped  {line}")
+    typer.echo(report.summary())

@@ -156,7 +156,11 @@ class AlertDistributor:
         left = self.drain(timeout) if self._thread else 0
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+            self._loop.call_soon_threadsafe(self._task.cancel)
             self._thread.join(timeout=15.0)
+            if self._thread.is_alive():
+                log.warning("alert sender did not stop within 15 s")
+                return left
             self._thread = None
         if self.spool is not None:
             self.spool.close()
@@ -176,8 +180,12 @@ class AlertDistributor:
             self._loop = asyncio.new_event_loop()
             self._wake = asyncio.Event()
             self._stop = asyncio.Event()
+            self._task = self._loop.create_task(self._sender())
             ready.set()
-            self._loop.run_until_complete(self._sender())
+            try:
+                self._loop.run_until_complete(self._task)
+            except asyncio.CancelledError:
+                pass
             self._loop.close()
 
         self._thread = threading.Thread(target=run, name="zsds-alert-sender", daemon=True)
@@ -207,8 +215,17 @@ class AlertDistributor:
         return producer
 
     async def _sender(self) -> None:
-        producer, backoff, outage = None, 0.1, False
+        self._producer = None
+        try:
+            await self._send_loop()
+        finally:
+            if self._producer is not None:
+                await _stop_quietly(self._producer, timeout=2.0)
+
+    async def _send_loop(self) -> None:
+        backoff, outage = 0.1, False
         while not self._stop.is_set():
+            producer = self._producer
             rows = self.spool.pending(self.batch)
             if not rows:
                 self._wake.clear()
@@ -217,7 +234,7 @@ class AlertDistributor:
                 continue
             try:
                 if producer is None:
-                    producer = await self._new_producer()
+                    producer = self._producer = await self._new_producer()
                 await self._send_round(producer, rows)
                 if outage:
                     log.info("Kafka broker %s reachable again; sending spooled alerts",
@@ -230,12 +247,10 @@ class AlertDistributor:
                                 self.spool.n_pending())
                 outage = True
                 if producer is not None:
+                    self._producer = None
                     await _stop_quietly(producer)
-                    producer = None
                 await _wait_any(self._stop, timeout=backoff)
                 backoff = min(backoff * 2, self.max_backoff)
-        if producer is not None:
-            await _stop_quietly(producer)
 
     async def _send_round(self, producer, rows) -> None:
         futures, error = [], None

@@ -241,8 +241,9 @@ def star_galaxy(f_in, f_in_err, f_out, f_out_err, reference=None, *, tolerance=0
     if reference is None:
         bright = np.isfinite(c) & (f_out > min_snr * f_out_err) & (c > 0)
         if bright.sum() < 5:
-            raise AlgorithmError("too few bright objects to locate the stellar locus",
-                                 n_bright=int(bright.sum()), n_required=5)
+            # Too few bright objects to locate the stellar locus: undecided, not a failure.
+            nan = np.full(np.shape(c), np.nan)
+            return nan, nan, np.full(np.shape(c), 0.5), float("nan")
         reference = float(np.median(c[bright]))
         for _ in range(3):
             near = bright & (np.abs(c - reference) < 0.1 * reference)

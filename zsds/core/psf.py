@@ -367,13 +367,6 @@ def _normalise(nodes, s):
     return nodes
 
 
-def _local_sky(data, weight, model, flux):
-    """Per-star constant background left in the stamps (weighted mean of data - model), DN."""
-    resid = data - flux[:, None, None] * model
-    sw = weight.sum((1, 2))
-    return (weight * resid).sum((1, 2)) / np.where(sw > 0, sw, 1.0)
-
-
 def _aperture_correction(image, rms, x, y, flux, sky, total_radius):
     """Total (within ``total_radius``) over model flux, from the curve of growth of the stars.
 

@@ -157,6 +157,9 @@ def _photometric_calibration(psfcat: Table, sol, refs: dict, filter_code: str, s
 def _psf_stage(sub, det, bkg, cat, gain, params):
     bad = (det.mask & BAD_PIXEL_BITS) > 0
     model = psf.fit_psf_model(sub, bkg.rms, cat, mask=bad, gain=gain, degree=params.psf_degree)
+    fwhm = float(model.fwhm_at(model.x_centre, model.y_centre)[0])
+    if not (np.all(np.isfinite(model.nodes)) and np.isfinite(fwhm) and fwhm > 0):
+        raise AlgorithmError("PSF model is not finite", n_stars=int(model.meta.get("n_stars", 0)))
     pcat = psfphot.psf_photometry(sub, det.variance, model, np.asarray(cat["x"]), np.asarray(cat["y"]),
                                   mask=bad, sky_variance=bkg.rms.astype(np.float64) ** 2)
     return model, pcat
@@ -194,6 +197,12 @@ def _judge(metrics: dict, params: CalibrateConfig):
     return qaflags.quality_status({k: metrics[k] for k in keys if k in metrics}, thresholds)
 
 
+def _card(h: fits.Header, key: str, value, comment: str, ndigits: int = 3):
+    """Set a numeric card, or leave it out when the value is not finite (FITS has no NaN)."""
+    if value is not None and np.isfinite(value):
+        h[key] = (round(float(value), ndigits) if isinstance(value, float) else value, comment)
+
+
 def _science_header(primary: fits.Header, quad: RawQuadrant, sol, zp, metrics, judged) -> fits.Header:
     h = fits.Header()
     for key in ("ORIGIN", "TELESCOP", "INSTRUME", "IMGTYPE", "EXPID", "OBSJD", "OBSMJD",
@@ -211,11 +220,11 @@ def _science_header(primary: fits.Header, quad: RawQuadrant, sol, zp, metrics, j
     if zp is not None:
         for key, (value, comment) in zp.header().items():
             h[key] = (value, comment)
-        h["MAGLIM"] = (round(metrics["maglim"], 3), "5-sigma point-source limiting mag (AB)")
-    h["SEEING"] = (round(metrics["seeing_arcsec"], 3), "[arcsec] PSF FWHM at the quadrant centre")
-    h["FWHMPIX"] = (round(metrics["fwhm_px"], 3), "[pix] PSF FWHM at the quadrant centre")
-    h["SKYBKG"] = (round(metrics["sky"], 3), "[DN] median background")
-    h["SKYRMS"] = (round(metrics["sky_rms"], 3), "[DN] median background RMS")
+        _card(h, "MAGLIM", metrics["maglim"], "5-sigma point-source limiting mag (AB)")
+    _card(h, "SEEING", metrics["seeing_arcsec"], "[arcsec] PSF FWHM at the quadrant centre")
+    _card(h, "FWHMPIX", metrics["fwhm_px"], "[pix] PSF FWHM at the quadrant centre")
+    _card(h, "SKYBKG", metrics["sky"], "[DN] median background")
+    _card(h, "SKYRMS", metrics["sky_rms"], "[DN] median background RMS")
     h["NSOURCES"] = (metrics["n_sources"], "sources extracted")
     h["INFOBITS"] = (int(judged.infobits), "QA bits (zsds.core.qaflags)")
     h["STATUS"] = (int(judged.status), "1 good, 0 bad")
