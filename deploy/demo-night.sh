@@ -35,11 +35,10 @@ fi
 step "validate the raw files"
 zsds validate-raw --quiet "$WORK/incoming/raw"
 
-step "ingest into the archive and the operations database"
-zsds ingest --quiet "$WORK/incoming/raw"
+step "run the night on a LocalCluster: ingest, calibration images, every quadrant"
+zsds run-night "$NIGHT" --incoming "$WORK/incoming/raw" --no-progress
 
-step "calibration images: master biases, high-frequency flats, bad-pixel masks"
-zsds calib bias "$NIGHT"
-zsds calib flat "$NIGHT"
+step "what was done"
+zsds plan "$NIGHT"
 
 step "done: archive in $WORK/archive (configuration $WORK/zsds.yaml)"

@@ -191,7 +191,7 @@ def _register_optional_commands():
     """Commands contributed by stage modules (each module registers its own)."""
     import importlib
 
-    for name in ("zsds.cli_ops", "zsds.cli_pipeline", "zsds.cli_alerts"):
+    for name in ("zsds.cli_ops", "zsds.cli_pipeline", "zsds.cli_alerts", "zsds.cli_refimg"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

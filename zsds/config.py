@@ -71,8 +71,8 @@ class ProcessingConfig(_Section):
 class CalibrateConfig(_Section):
     """Instrumental calibration of readout quadrants (zsds/stages/calibrate.py)."""
 
-    detect_thresh: float = Field(1.5, gt=0, description="detection threshold, background sigma (PSF-filtered)")
-    minarea: int = Field(5, ge=1, description="minimum pixels of a detection")
+    detect_thresh: float = Field(1.2, gt=0, description="detection threshold, background sigma (PSF-filtered)")
+    minarea: int = Field(3, ge=1, description="minimum pixels of a detection")
     sip_order: int = Field(3, ge=1, le=5, description="order of the SIP distortion polynomials")
     psf_degree: int = Field(2, ge=0, le=3, description="polynomial degree of the PSF variation")
     cosmic_rays: bool = Field(True, description="flag cosmic rays (L.A.Cosmic)")

@@ -269,6 +269,19 @@ def _own_flags(x, y, shape, bad, saturated, lab, idx_sat, n, edge):
     return flags
 
 
+def _sep_extract(det, thresh, bad, minarea, deblend_nthresh, deblend_cont):
+    """sep.extract with room for dense fields; sep's bare Exceptions become AlgorithmError."""
+    sep.set_sub_object_limit(max(sep.get_sub_object_limit(), 8192))
+    sep.set_extract_pixstack(max(sep.get_extract_pixstack(), 3_000_000))
+    try:
+        return sep.extract(det, thresh, mask=bad, minarea=minarea, filter_kernel=None,
+                           deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont,
+                           segmentation_map=True)
+    except Exception as exc:  # noqa: BLE001 - sep raises bare Exception
+        raise AlgorithmError(f"source extraction failed: {exc}", thresh=thresh,
+                             minarea=minarea) from None
+
+
 def extract_sources(image, background, background_rms, mask=None, *, thresh: float = 1.5,
                     minarea: int = 5, gain: float | None = None, psf_fwhm: float = 2.0,
                     kernel=None, saturated=None, deblend_nthresh: int = 32,
@@ -320,9 +333,7 @@ def extract_sources(image, background, background_rms, mask=None, *, thresh: flo
     bad = ~np.isfinite(img) if mask is None else (np.asarray(mask, bool) | ~np.isfinite(img))
     sub = np.ascontiguousarray(np.where(bad, 0, img - background), dtype=np.float32)
     det, sum_k2 = detection_image(sub, rms, bad, psf_fwhm=psf_fwhm, kernel=kernel)
-    objs, seg = sep.extract(det, thresh, mask=bad, minarea=minarea, filter_kernel=None,
-                            deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont,
-                            segmentation_map=True)
+    objs, seg = _sep_extract(det, thresh, bad, minarea, deblend_nthresh, deblend_cont)
     n = len(objs)
     if n == 0:
         raise AlgorithmError("no sources detected", thresh=thresh, minarea=minarea)

@@ -7,9 +7,14 @@ normalised quadrant position ``X = (x - x_centre) / scale``, ``Y = (y - y_centre
 (terms ``1, X, Y, X^2, XY, Y^2`` for degree 2). Between nodes the model is a cubic B-spline
 interpolant, so sources are evaluated at any sub-pixel phase without resampling the data.
 
-Normalisation: the model integrates to 1 over its support at every position, so the PSF-fit
-flux is the flux within ``half + 2`` pixels; :attr:`PSFModel.apcorr` (measured on the PSF
-stars by the curve of growth) converts it to the total flux within ``total_radius`` (30 px).
+Normalisation: every evaluated stamp is scaled so that the model sums to 1 over its support
+at that position and phase, so the PSF-fit flux is the flux within ``half + 2`` pixels;
+:attr:`PSFModel.apcorr` converts it to the total flux within ``total_radius`` (30 px). It is
+measured on the PSF stars exactly as :func:`zsds.core.psfphot.psf_photometry` measures
+(same fit radius, same local sky: clipped mean of an annulus of the star-subtracted stamp),
+against a 12 px aperture with the neighbours' pixels replaced by the model, plus a power-law
+wing from the support to ``total_radius``. ``meta['model_error']`` is the relative scatter of
+the stars' fitted fluxes beyond their noise (PSF-model error, added to the flux errors).
 
 The model is built from isolated, bright, unsaturated stars of the aperture catalogue by
 iterating (Anderson & King 2000): the star pixels, divided by the fitted fluxes, are binned
@@ -21,6 +26,7 @@ Conventions: numpy ``[y, x]``, 0-based pixel coordinates (pixel centres at integ
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numba
@@ -34,7 +40,7 @@ from ..errors import AlgorithmError
 from .extract import APER_RADII, FLAGS
 
 __all__ = ["PSFModel", "fit_psf_model", "select_psf_stars", "poly_terms", "cutouts",
-           "fit_flux_position"]
+           "fit_flux_position", "annulus_sky", "disc"]
 
 _BAD_FOR_PSF = (FLAGS["OBJ_MERGED"] | FLAGS["OBJ_TRUNC"] | FLAGS["APER_TRUNC"]
                 | FLAGS["APER_HASMASKED"] | FLAGS["APER_ALLMASKED"] | FLAGS["NEAR_EDGE"]
@@ -66,8 +72,13 @@ def _bspline(t):
 
 
 @numba.njit(cache=True)
-def _render(coef, p, dx, dy, half, s, with_grad):
-    """Stamps (n, k, k) of the model and its derivatives w.r.t. the source x and y."""
+def _render(coef, psum, p, dx, dy, half, s, with_grad, normalise):
+    """Stamps (n, k, k) of the model and its derivatives w.r.t. the source x and y.
+
+    Only the node rows and columns under the stamp are combined (cost ~ stamp area). With
+    ``normalise`` each stamp is divided by the model's sum over all pixels of the support at
+    that position and phase (from the per-phase node sums ``psum``, (nterms, s, s)).
+    """
     n, nt = p.shape
     ng = coef.shape[1]
     c = (ng - 1) // 2
@@ -75,23 +86,25 @@ def _render(coef, p, dx, dy, half, s, with_grad):
     out = np.zeros((n, k, k))
     gx = np.zeros((n, k, k))
     gy = np.zeros((n, k, k))
-    grid = np.empty((ng, ng))
+    grid = np.zeros((ng, ng))
     rows = np.empty((2, k, ng))
     for i in range(n):
-        for a in range(ng):
-            for b in range(ng):
-                acc = 0.0
-                for t in range(nt):
-                    acc += p[i, t] * coef[t, a, b]
-                grid[a, b] = acc
         fy = c - s * dy[i]
         fx = c - s * dx[i]
         iy = int(np.floor(fy))
         ix = int(np.floor(fx))
+        r0, r1 = max(iy - 1 - s * half, 0), min(iy + 3 + s * half, ng)
+        q0, q1 = max(ix - 1 - s * half, 0), min(ix + 3 + s * half, ng)
+        for a in range(r0, r1):
+            for b in range(q0, q1):
+                acc = 0.0
+                for t in range(nt):
+                    acc += p[i, t] * coef[t, a, b]
+                grid[a, b] = acc
         wy, dwy = _bspline(fy - iy)
         wx, dwx = _bspline(fx - ix)
         for a in range(k):
-            for col in range(ng):
+            for col in range(q0, q1):
                 v0 = 0.0
                 v1 = 0.0
                 for j in range(4):
@@ -116,6 +129,25 @@ def _render(coef, p, dx, dy, half, s, with_grad):
                 out[i, a, b] = m
                 gx[i, a, b] = -s * mx
                 gy[i, a, b] = -s * my
+        if normalise:
+            tot = 0.0
+            tx = 0.0
+            ty = 0.0
+            for j in range(4):
+                for jj in range(4):
+                    acc = 0.0
+                    for t in range(nt):
+                        acc += p[i, t] * psum[t, (iy - 1 + j) % s, (ix - 1 + jj) % s]
+                    tot += wy[j] * wx[jj] * acc
+                    tx += wy[j] * dwx[jj] * acc
+                    ty += dwy[j] * wx[jj] * acc
+            if tot > 0:
+                tx, ty = -s * tx / tot, -s * ty / tot
+                for a in range(k):
+                    for b in range(k):
+                        gx[i, a, b] = (gx[i, a, b] - out[i, a, b] * tx) / tot
+                        gy[i, a, b] = (gy[i, a, b] - out[i, a, b] * ty) / tot
+                        out[i, a, b] /= tot
     return out, gx, gy
 
 
@@ -134,6 +166,53 @@ def cutouts(image, x, y, half, fill=0.0):
     inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
     vals = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
     return np.where(inside, vals, fill), inside, xi, yi
+
+
+def disc(half, radius, inner=0.0):
+    """Bool (k, k) mask of the pixels of a stamp with ``inner <= r <= radius`` from its centre."""
+    g = np.arange(-half, half + 1)
+    r2 = g[None, :] ** 2 + g[:, None] ** 2
+    return (r2 <= radius**2) & (r2 >= inner**2)
+
+
+def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
+    """Local sky of each stamp: sigma-clipped mean of its pixels with ``r_in <= r <= r_out``.
+
+    The stamps should hold the image with the sources' models subtracted (the annulus then
+    needs no special care for the PSF wings). Clipping is about the median at ``nsigma``
+    robust sigmas (MAD), ``n_iter`` times, then the mean of the kept pixels.
+
+    Parameters
+    ----------
+    stamps : (n, k, k) array
+        Residual stamps, DN, centred on the sources.
+    valid : (n, k, k) bool array
+        Usable pixels (inside the image, not masked).
+    r_in, r_out : float
+        Annulus radii, pixels (``r_out <= (k - 1) / 2``).
+
+    Returns
+    -------
+    sky : (n,) array
+        DN per pixel (0 where no pixel is usable).
+    sky_err : (n,) array
+        Error of the mean (clipped scatter over sqrt of the pixels kept); inf if none.
+    """
+    ring = disc((stamps.shape[1] - 1) // 2, r_out, r_in)
+    v = stamps[:, ring].astype(np.float64)
+    ok = valid[:, ring].copy()
+    for _ in range(n_iter):
+        vv = np.where(ok, v, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(vv, axis=1)
+            sig = 1.4826 * np.nanmedian(np.abs(vv - med[:, None]), axis=1)
+        ok &= np.abs(v - med[:, None]) <= nsigma * np.where(sig > 0, sig, np.inf)[:, None]
+    n = ok.sum(1)
+    sky = np.where(n > 0, (v * ok).sum(1) / np.maximum(n, 1), 0.0)
+    with np.errstate(all="ignore"):
+        std = np.sqrt(((v - sky[:, None]) ** 2 * ok).sum(1) / np.maximum(n - 1, 1))
+    return sky, np.where(n > 2, std / np.sqrt(np.maximum(n, 1)), np.inf)
 
 
 def fit_flux_position(data, weight, model, gx, gy, fit_positions):
@@ -210,19 +289,27 @@ class PSFModel:
 
     def __post_init__(self):
         coef = np.stack([ndimage.spline_filter(n, order=3, mode="grid-constant") for n in self.nodes])
+        s, ng = self.oversample, coef.shape[1]
+        psum = np.zeros((len(coef), s, s))
+        for p in range(s):
+            for q in range(s):
+                psum[:, p, q] = coef[:, p::s, q::s].sum((1, 2))
         object.__setattr__(self, "_coef", np.ascontiguousarray(coef, np.float64))
+        object.__setattr__(self, "_psum", psum)
 
     def terms(self, x, y):
         """Polynomial terms at positions (x, y), shape (n, nterms)."""
         return poly_terms(x, y, self.degree, self.x_centre, self.y_centre, self.scale)
 
-    def evaluate(self, x, y, half=None, *, gradient=False, xi=None, yi=None):
+    def evaluate(self, x, y, half=None, *, gradient=False, xi=None, yi=None, normalise=True):
         """PSF stamps at 0-based positions (x, y).
 
         Stamp ``i`` is centred on the pixel ``(yi_i, xi_i)`` (default the nearest pixel,
         ``(rint(y_i), rint(x_i))``; offsets up to 1.5 px are supported); its values are the
-        fraction of the source flux in each pixel (unit integral over the model support, so a
-        stamp of the default ``half`` sums to ~1).
+        fraction of the source flux in each pixel: with ``normalise`` (default) each stamp is
+        scaled so that the model summed over all pixels of its support (``half + 2``) is exactly 1
+        at that position and phase (the polynomial need not conserve it, e.g. at the corners),
+        so a stamp of the default ``half`` sums to ~1.
 
         Returns
         -------
@@ -234,8 +321,16 @@ class PSFModel:
         half = self.half if half is None else int(half)
         dx = x - (np.rint(x) if xi is None else xi)
         dy = y - (np.rint(y) if yi is None else yi)
-        m, gx, gy = _render(self._coef, self.terms(x, y), dx, dy, half, self.oversample, gradient)
+        m, gx, gy = _render(self._coef, self._psum, self.terms(x, y), dx, dy, half, self.oversample,
+                            gradient, normalise)
         return (m, gx, gy) if gradient else m
+
+    def fit_radius(self):
+        """Radius (pixels) of the PSF-fit disc: ``meta['fit_radius']``, else max(3, 1.5 FWHM)."""
+        if "fit_radius" in self.meta:
+            return float(self.meta["fit_radius"])
+        fwhm = self.meta.get("fwhm_centre") or float(self.fwhm_at(self.x_centre, self.y_centre)[0])
+        return max(3.0, 1.5 * fwhm)
 
     def centre_stamp(self, half=None):
         """The PSF at the quadrant centre (``x_centre, y_centre``), zero phase."""
@@ -284,7 +379,9 @@ class PSFModel:
     def from_fits(cls, hdul) -> "PSFModel":
         """Inverse of :meth:`to_fits`."""
         h = hdul[0].header
-        meta = {k.lower(): h[k] for k in ("N_STARS", "TOTAL_RADIUS", "FWHM_CENTRE") if k in h}
+        keys = ("N_STARS", "TOTAL_RADIUS", "FWHM_CENTRE", "FIT_RADIUS", "SKY_R_IN", "SKY_R_OUT",
+                "MODEL_ERROR")
+        meta = {k.lower(): h[k] for k in keys if k in h}
         return cls(np.asarray(hdul["NODES"].data, np.float64), int(h["OVERSAMP"]), int(h["PSFHALF"]),
                    int(h["PSFDEG"]), float(h["PSFXC"]), float(h["PSFYC"]), float(h["PSFSCALE"]),
                    float(h["APCOR"]), meta)
@@ -361,30 +458,110 @@ def _normalise(nodes, s):
     ring = (r > (ng - 1) / 2 - 2 * s) & (r <= (ng - 1) / 2)
     nodes -= nodes[:, ring].mean(axis=1)[:, None, None] * (r <= (ng - 1) / 2)[None]
     nodes[:, r > (ng - 1) / 2] = 0.0
-    nodes[0] *= s * s / nodes[0].sum()
+    total = nodes[0].sum()
+    if not (np.isfinite(nodes).all() and total > 0):
+        raise AlgorithmError("PSF model has no positive flux (too few star samples per node)",
+                             node_sum=float(total), oversample=s)
+    nodes[0] *= s * s / total
     for t in range(1, len(nodes)):
         nodes[t] -= nodes[t].sum() / (s * s) * nodes[0]
     return nodes
 
 
-def _aperture_correction(image, rms, x, y, flux, sky, total_radius):
-    """Total (within ``total_radius``) over model flux, from the curve of growth of the stars.
+def _initial_nodes(nterms, ng, s, sigma):
+    """Starting model: a round Gaussian of ``sigma`` pixels (constant term only)."""
+    g = (np.arange(ng) - (ng - 1) / 2) / s
+    nodes = np.zeros((nterms, ng, ng))
+    nodes[0] = np.exp(-(g[None, :] ** 2 + g[:, None] ** 2) / (2 * sigma**2))
+    return nodes * (s * s / nodes[0].sum())
 
-    Median ratios of the aperture fluxes (corrected for the star's local sky ``sky``, DN/px)
-    to the model fluxes at 8, 11.3 and 16 px, over the brighter half of the stars (where a
-    small sky error matters least); the growth beyond 16 px is extrapolated as a geometric
-    series in steps of sqrt(2) in radius (a power-law wing), at most 1%.
+
+def _sampling_for(n_stars, oversample, degree):
+    """Oversampling and degree that ``n_stars`` constrain.
+
+    With ``s`` nodes per pixel a node is sampled by ~``n_stars / s^2`` stars (those of the
+    right sub-pixel phase); below 10 per node the grid would have holes, so ``s`` is lowered.
     """
-    radii = (8.0, 11.3, 16.0)
-    bright = flux >= np.median(flux)
-    g = [np.median((sep.sum_circle(image, x, y, r, err=rms)[0] - sky * np.pi * r**2)[bright] / flux[bright])
-         for r in radii]
-    d1, d2 = g[1] - g[0], g[2] - g[1]
-    if not (d1 > 0 and 0 < d2 < 0.8 * d1):
-        return float(g[2])
-    q = d2 / d1
-    steps = np.log(total_radius / radii[2]) / np.log(np.sqrt(2))
-    return float(g[2] + min(d2 * q * (1 - q**steps) / (1 - q), 0.01))
+    s = int(oversample)
+    while s > 1 and n_stars < 10 * s * s:
+        s -= 1
+    return s, _degree_for(n_stars, degree)
+
+
+def _wing_fraction(model, total_radius):
+    """Model-flux fraction beyond the support out to ``total_radius``: power law fitted to the
+    azimuthal profile of the centre PSF at 4-9 px, integrated (at most 1%)."""
+    stamp = model.centre_stamp(model.half + 2)
+    g = np.arange(-(model.half + 2), model.half + 3)
+    r = np.hypot(g[None, :], g[:, None]).ravel()
+    sel = (r >= 4) & (r <= 9) & (stamp.ravel() > 0)
+    if sel.sum() < 10:
+        return 0.0
+    gam, lna = np.polyfit(np.log(r[sel]), np.log(stamp.ravel()[sel]), 1)
+    gam = -gam
+    r0 = model.half + 2
+    if gam <= 2.05 or total_radius <= r0:
+        return 0.0 if total_radius <= r0 else 0.01
+    frac = 2 * np.pi * np.exp(lna) * (r0 ** (2 - gam) - total_radius ** (2 - gam)) / (gam - 2)
+    return float(np.clip(frac, 0.0, 0.01))
+
+
+def _calibrate_fluxes(data, valid, skyvar, m, flux, fit_radius, annulus, aperture=12.0):
+    """PSF stars measured as :func:`zsds.core.psfphot.psf_photometry` does, and in a big aperture.
+
+    Local sky: :func:`annulus_sky` of ``data - flux m``; fit: flux only, within
+    ``fit_radius``, weights ``1 / skyvar``; aperture: radius ``aperture`` (model for the
+    unusable pixels, e.g. those of neighbours), divided by the model's fraction in it.
+
+    Returns
+    -------
+    ratio : (n,) array
+        Aperture (support) flux over fitted flux.
+    rel_err : (n,) array
+        Expected relative noise of ``ratio``.
+    """
+    h = (data.shape[1] - 1) // 2
+    sky, sky_err = annulus_sky(data - flux[:, None, None] * m, valid, *annulus)
+    d = data - sky[:, None, None]
+    w = np.where(valid & disc(h, fit_radius)[None], 1.0 / skyvar, 0.0)
+    spp = (w * m * m).sum((1, 2))
+    f_fit = (w * m * d).sum((1, 2)) / np.where(spp > 0, spp, np.nan)
+    ap = disc(h, aperture)[None]
+    f_ap = np.where(valid & ap, d, f_fit[:, None, None] * m).sum((1, 2)) / (m * ap).sum((1, 2))
+    var_fit = (w * w * m * m * skyvar).sum((1, 2)) / spp**2
+    var_ap = (skyvar * ap).sum((1, 2)) + (ap.sum() * sky_err) ** 2
+    return f_ap / f_fit, np.sqrt(var_fit + var_ap) / np.abs(f_fit)
+
+
+def _free_of_neighbours(cat, idx, xi, yi, half, radius):
+    """(n, k, k) bool: stamp pixels not closer to another catalogue object than to the star,
+    or farther than ``radius`` from it (so faint neighbours do not enter the apertures)."""
+    pos = np.c_[np.asarray(cat["x"], float), np.asarray(cat["y"], float)]
+    g = np.arange(-half, half + 1)
+    px = np.broadcast_to(xi[:, None, None] + g[None, None, :], (len(idx), len(g), len(g)))
+    py = np.broadcast_to(yi[:, None, None] + g[None, :, None], px.shape)
+    dist, near = cKDTree(pos).query(np.c_[px.ravel(), py.ravel()])
+    own = np.repeat(idx, len(g) ** 2)
+    d_own = np.hypot(px.ravel() - pos[own, 0], py.ravel() - pos[own, 1])
+    bad = (near != own) & (dist < radius) & (dist < d_own)
+    return ~bad.reshape(px.shape)
+
+
+def _model_error(ratio, rel_err):
+    """Relative error ``k`` making the robust scatter of the ratios consistent with
+    ``sqrt(rel_err^2 + k^2)`` (0 if the noise explains it)."""
+    dev = ratio - np.median(ratio)
+
+    def scatter(k):
+        z = dev / np.sqrt(rel_err**2 + k**2)
+        return 1.4826 * np.median(np.abs(z))
+    if scatter(0.0) <= 1:
+        return 0.0
+    lo, hi = 0.0, 0.2
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if scatter(mid) > 1 else (lo, mid)
+    return float(hi)
 
 
 def _degree_for(n_stars, degree):
@@ -417,6 +594,8 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
         Model nodes per pixel (2 is right for 1.5-3 px FWHM).
     degree : int
         Polynomial degree of the spatial variation (lowered to 1 below 20 stars, 0 below 8).
+        ``oversample`` is lowered too when there are fewer than ``10 oversample^2`` stars, so
+        that every node is sampled.
     gain : float, optional
         e-/DN, adds the stars' Poisson noise to the weights.
     max_stars, n_iter, min_stars : int
@@ -433,7 +612,8 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
     Raises
     ------
     AlgorithmError
-        If fewer than ``min_stars`` stars are usable.
+        If fewer than ``min_stars`` stars are usable (found, or left after the rejections;
+        ``metadata['n_stars']``), or the model has no positive flux.
     """
     img = np.ascontiguousarray(image, dtype=np.float32)
     rms = np.ascontiguousarray(background_rms, dtype=np.float32)
@@ -442,56 +622,72 @@ def fit_psf_model(image, background_rms, cat, mask=None, *, stamp_half: int = 12
         raise AlgorithmError(f"only {len(idx)} PSF stars found, {min_stars} required",
                              n_found=len(idx), n_required=min_stars)
     ny, nx = img.shape
-    deg = _degree_for(len(idx), degree)
-    s, h = oversample, stamp_half
+    s, deg = _sampling_for(len(idx), oversample, degree)
+    h = stamp_half
     ng = 2 * s * (h + 2) + 1
     c = (ng - 1) // 2
     x0, y0 = np.asarray(cat["x"], float)[idx], np.asarray(cat["y"], float)[idx]
     data, inside, xi, yi = cutouts(img, x0, y0, h)
-    var = cutouts(rms, x0, y0, h, fill=1.0)[0].astype(np.float64) ** 2
-    if gain:
-        var = var + np.clip(data, 0, None) / gain
-    weight = np.where(inside, 1.0 / var, 0.0)
-    if mask is not None:
-        weight = np.where(cutouts(np.asarray(mask, bool), x0, y0, h, fill=True)[0], 0.0, weight)
-    model = PSFModel(np.zeros((len(poly_terms([0.0], [0.0], deg, 0, 0, 1)[0]), ng, ng)), s, h, deg,
-                     (nx - 1) / 2, (ny - 1) / 2, max(nx, ny) / 2)
-    flux = flux_ap = np.asarray(cat["flux_aper"][:, APER_RADII.index(5.66)], float)[idx]
+    skyvar = cutouts(rms, x0, y0, h, fill=1.0)[0].astype(np.float64) ** 2
+    var = skyvar + (np.clip(data, 0, None) / gain if gain else 0.0)
+    valid = inside if mask is None else inside & ~cutouts(np.asarray(mask, bool), x0, y0, h, fill=True)[0]
+    weight = np.where(valid, 1.0 / var, 0.0)
+    sigma = float(np.median(np.sqrt(np.asarray(cat["a"], float)[idx] * np.asarray(cat["b"], float)[idx])))
+    nt = len(poly_terms([0.0], [0.0], deg, 0, 0, 1)[0])
+    model = PSFModel(_initial_nodes(nt, ng, s, sigma if np.isfinite(sigma) and sigma > 0.3 else 1.0),
+                     s, h, deg, (nx - 1) / 2, (ny - 1) / 2, max(nx, ny) / 2)
+    flux_ap = np.asarray(cat["flux_aper"][:, APER_RADII.index(5.66)], float)[idx]
     x, y = x0.copy(), y0.copy()
-    pterms = model.terms(x, y)
     g = np.arange(-h, h + 1)
     use = np.ones(len(idx), bool)
     for it in range(n_iter):
-        if it > 0:
+        if it == 0:
+            flux, m = flux_ap, model.evaluate(x, y, h, xi=xi, yi=yi)
+        else:
             m, gx, gy = model.evaluate(x, y, h, gradient=True, xi=xi, yi=yi)
             flux, ddx, ddy = fit_flux_position(data, weight, m, gx, gy, it >= 2)
             x, y = x + np.clip(ddx, -0.5, 0.5), y + np.clip(ddy, -0.5, 0.5)
-            x, y = x - np.mean(x - x0), y - np.mean(y - y0)
-            m = model.evaluate(x, y, h, xi=xi, yi=yi)
-            sky = np.zeros(len(idx))
-            chi = (data - sky[:, None, None] - flux[:, None, None] * m) ** 2 * weight
             use &= (flux > 0.5 * flux_ap) & (flux < 2 * flux_ap) & (np.hypot(x - x0, y - y0) < 1)
+            _require(use, min_stars, it)
+            x, y = x - np.mean((x - x0)[use]), y - np.mean((y - y0)[use])
+            m = model.evaluate(x, y, h, xi=xi, yi=yi)
+            chi = (data - flux[:, None, None] * m) ** 2 * weight
             floor = (0.03 * flux[:, None, None] * m) ** 2
             weight = np.where(chi / (1 + floor * weight) > 25, 0.0, weight)
-            if it >= 3:
-                red = chi.sum((1, 2)) / np.maximum((weight > 0).sum((1, 2)), 1)
-                med = np.median(red[use])
-                use &= red < med + 5 * 1.4826 * np.median(np.abs(red[use] - med)) + 1e-9
-        else:
-            m, sky = np.zeros_like(data), np.zeros(len(idx))
-        resid = (data - sky[:, None, None]) / np.where(use, flux, 1.0)[:, None, None] - m
+        if it >= 3:
+            red = chi.sum((1, 2)) / np.maximum((weight > 0).sum((1, 2)), 1)
+            med = np.median(red[use])
+            use &= red < med + 5 * 1.4826 * np.median(np.abs(red[use] - med)) + 1e-9
+            _require(use, min_stars, it)
+        resid = data / np.where(use, flux, 1.0)[:, None, None] - m
         omega = weight * flux[:, None, None] ** 2 * use[:, None, None]
         jy = np.rint(c + s * (g[None, :, None] - (y - yi)[:, None, None])).astype(np.int64)
         jx = np.rint(c + s * (g[None, None, :] - (x - xi)[:, None, None])).astype(np.int64)
         jy, jx = np.broadcast_to(jy, data.shape), np.broadcast_to(jx, data.shape)
-        delta = _bin_update(resid, omega, pterms if it == 0 else model.terms(x, y), jy, jx, ng,
-                            min_samples=3 * pterms.shape[1])
+        delta = _bin_update(resid, omega, model.terms(x, y), jy, jx, ng, min_samples=3 * nt)
         model = PSFModel(_normalise(model.nodes + delta, s), s, h, deg, model.x_centre,
                          model.y_centre, model.scale)
     m = model.evaluate(x, y, h, xi=xi, yi=yi)
-    flux = fit_flux_position(data - sky[:, None, None], weight, m, m, m, False)[0]
-    apcorr = _aperture_correction(img, rms, x[use], y[use], flux[use], sky[use], total_radius)
-    meta = {"n_stars": int(use.sum()), "total_radius": total_radius}
-    out = PSFModel(model.nodes, s, h, deg, model.x_centre, model.y_centre, model.scale, apcorr, meta)
-    out.meta["fwhm_centre"] = float(out.fwhm_at(out.x_centre, out.y_centre)[0])
-    return out
+    flux = fit_flux_position(data, weight, m, m, m, False)[0]
+    fwhm = float(model.fwhm_at(model.x_centre, model.y_centre)[0])
+    fit_radius = max(3.0, 1.5 * fwhm)
+    annulus = (max(2.0 * fwhm, fit_radius + 1.0), float(h))
+    free = _free_of_neighbours(cat, idx, xi, yi, h, radius=max(5.0, 2.5 * fwhm))
+    stars = (data[use], (valid & free)[use], skyvar[use], m[use], flux[use], fit_radius, annulus)
+    ratio, _ = _calibrate_fluxes(*stars, aperture=float(h))
+    ratio8, rel_err = _calibrate_fluxes(*stars, aperture=min(8.0, float(h)))
+    ok = np.isfinite(ratio) & np.isfinite(ratio8) & np.isfinite(rel_err)
+    _require(ok, min_stars, n_iter)
+    bright = ok & (flux[use] >= np.median(flux[use][ok]))
+    apcorr = float(np.median(ratio[bright])) * (1 + _wing_fraction(model, total_radius))
+    meta = {"n_stars": int(use.sum()), "total_radius": total_radius, "fwhm_centre": fwhm,
+            "fit_radius": fit_radius, "sky_r_in": annulus[0], "sky_r_out": annulus[1],
+            "model_error": _model_error(ratio8[ok], rel_err[ok])}
+    return PSFModel(model.nodes, s, h, deg, model.x_centre, model.y_centre, model.scale, apcorr, meta)
+
+
+def _require(use, min_stars, it):
+    """Raise when fewer than ``min_stars`` stars survive the rejections."""
+    if use.sum() < min_stars:
+        raise AlgorithmError(f"only {int(use.sum())} PSF stars left after rejection (iteration {it}), "
+                             f"{min_stars} required", n_stars=int(use.sum()), n_required=min_stars)

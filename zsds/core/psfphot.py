@@ -4,10 +4,16 @@ All sources are fitted at once on ``(n, k, k)`` stamp stacks: a weighted linear 
 Gauss-Newton steps on the position (PSF gradients from the model), then a second pass in
 which the fitted models of all *other* sources are subtracted from each stamp (neighbours).
 
+Local sky: the background map (a mode of cells between the detections) misses the light of
+faint unresolved sources and wings; each source gets a local sky, the clipped mean in an
+annulus of the image minus the models of all fitted sources, subtracted before the refit (the
+model's aperture correction is measured on its stars with the same definition).
+
 Noise model: the fit weights are ``1 / sky_variance`` (independent of the data, so bright
 sources are not biased by data-dependent weights); the flux error propagates the full
 ``variance`` map (sky + source Poisson noise) through those weights:
-``var(F) = sum(w^2 P^2 V) / (sum(w P^2))^2``. Fluxes are total fluxes: the model flux times
+``var(F) = sum(w^2 P^2 V) / (sum(w P^2))^2``, plus the local sky's error and the PSF-model
+error ``(k F)^2`` (``k`` from the model's meta). Fluxes are total fluxes: the model flux times
 the model's aperture correction (:attr:`zsds.core.psf.PSFModel.apcorr`; "total" = within
 ``psf_model.meta['total_radius']``, 30 px).
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from .psf import PSFModel, cutouts, fit_flux_position
+from .psf import PSFModel, annulus_sky, cutouts, fit_flux_position
 
 __all__ = ["PSFPHOT_COLUMNS", "PSFPHOT_FLAGS", "psf_photometry"]
 
@@ -34,8 +40,9 @@ PSFPHOT_COLUMNS = [
     ("x_err", "pix", "1-sigma error of x"),
     ("y_err", "pix", "1-sigma error of y"),
     ("flux", "DN", "total flux (PSF fit x aperture correction)"),
-    ("flux_err", "DN", "1-sigma error of flux (sky and source noise)"),
+    ("flux_err", "DN", "1-sigma error of flux (sky, source noise, local sky, PSF model)"),
     ("snr", "", "flux / flux_err"),
+    ("sky", "DN", "local sky subtracted under the source (on top of the background map)"),
     ("chi2", "", "reduced chi-square of the fit over the fitted pixels"),
     ("sharpness", "", "excess second moment of the residual (0 star, >0 extended, <0 sharp)"),
     ("npix", "pix", "number of pixels used in the fit"),
@@ -81,8 +88,12 @@ def _neighbour_models(shape, psf, flux, x, y, half):
     return img.reshape(shape)
 
 
-def _errors(weight, var, m, gx, gy, flux):
-    """Flux and position errors from the weighted normal matrix and the full variance."""
+def _errors(weight, var, m, gx, gy, flux, sky_err, model_error):
+    """Flux and position errors from the weighted normal matrix and the full variance.
+
+    The flux error adds the local sky's error (``sky_err``, DN/px, propagated through the
+    weights) and the PSF-model error ``model_error * flux`` in quadrature.
+    """
     jx, jy = flux[:, None, None] * gx, flux[:, None, None] * gy
     basis = (m, jx, jy)
     A = np.stack([np.stack([np.einsum("nij,nij->n", weight * u, v) for v in basis], -1) for u in basis], -2)
@@ -93,10 +104,21 @@ def _errors(weight, var, m, gx, gy, flux):
     Ai = np.linalg.inv(A)
     cov = Ai @ B @ Ai
     spp = np.einsum("nij,nij->n", weight * m, m)
-    ferr = np.sqrt(np.einsum("nij,nij->n", weight**2 * var * m, m)) / np.where(spp > 0, spp, np.nan)
+    sp = np.einsum("nij->n", weight * m)
+    spp = np.where(spp > 0, spp, np.nan)
+    fvar = (np.einsum("nij,nij->n", weight**2 * var * m, m) / spp**2 + (sky_err * sp / spp) ** 2
+            + (model_error * flux) ** 2)
     with np.errstate(invalid="ignore"):
         xerr, yerr = np.sqrt(cov[:, 1, 1]), np.sqrt(cov[:, 2, 2])
-    return ferr, np.where(good, xerr, np.nan), np.where(good, yerr, np.nan)
+    return np.sqrt(fvar), np.where(good, xerr, np.nan), np.where(good, yerr, np.nan)
+
+
+def _local_sky(image, nb, mask, x, y, annulus):
+    """Sky left under each source: clipped mean in an annulus of the image minus all models."""
+    r_out = int(np.ceil(annulus[1]))
+    stamps, inside, _, _ = cutouts(image - nb, x, y, r_out)
+    valid = inside if mask is None else inside & ~cutouts(mask, x, y, r_out, fill=True)[0]
+    return annulus_sky(stamps, valid, *annulus)
 
 
 def _quality(data, weight, var, m, flux, half):
@@ -117,7 +139,8 @@ def _quality(data, weight, var, m, flux, half):
 def psf_photometry(image, variance, psf_model: PSFModel, x0, y0, *, fit_positions=True,
                    mask=None, sky_variance=None, fit_radius: float | None = None,
                    n_iter: int = 3, max_shift: float = 1.0, neighbour_passes: int = 1,
-                   neighbour_half: int = 8) -> Table:
+                   neighbour_half: int = 8, local_sky: bool = True, sky_annulus=None,
+                   model_error: float | None = None) -> Table:
     """PSF-fit photometry of sources at initial positions (x0, y0).
 
     Parameters
@@ -137,13 +160,24 @@ def psf_photometry(image, variance, psf_model: PSFModel, x0, y0, *, fit_position
         Variance of the sky alone, DN^2, for the fit weights (recommended); default the
         ``variance`` map (then bright sources are biased low by data-dependent weights).
     fit_radius : float, optional
-        Radius of the fitted disc, pixels (default ``max(3, 1.5 FWHM)``).
+        Radius of the fitted disc, pixels (default :meth:`PSFModel.fit_radius`, the radius
+        at which the model's aperture correction was measured).
     max_shift : float
         Positions moving further than this (pixels) are reset and flagged.
     neighbour_passes : int
         Passes refitting each source with all the others' fitted models subtracted.
     neighbour_half : int
         Half-width of the neighbour model stamps, pixels.
+    local_sky : bool
+        Subtract a local sky per source: the sigma-clipped mean, in the annulus
+        ``sky_annulus``, of the image minus the models of all fitted sources (the background
+        map misses the light of faint unresolved sources); its error enters ``flux_err``.
+    sky_annulus : (float, float), optional
+        Inner and outer radii, pixels; default the model's ``meta['sky_annulus']`` (the
+        annulus with which its aperture correction was measured).
+    model_error : float, optional
+        Relative PSF-model error added in quadrature to the flux errors; default the
+        model's ``meta['model_error']`` (scatter of its stars' fits beyond their noise).
 
     Returns
     -------
@@ -153,30 +187,33 @@ def psf_photometry(image, variance, psf_model: PSFModel, x0, y0, *, fit_position
     """
     img = np.asarray(image, np.float64)
     x0, y0 = np.atleast_1d(np.asarray(x0, float)), np.atleast_1d(np.asarray(y0, float))
-    fwhm = psf_model.meta.get("fwhm_centre") or float(psf_model.fwhm_at(psf_model.x_centre, psf_model.y_centre)[0])
-    radius = fit_radius or max(3.0, 1.5 * fwhm)
+    radius = fit_radius or psf_model.fit_radius()
     half = int(np.ceil(radius))
+    annulus = sky_annulus or (psf_model.meta.get("sky_r_in", 6.0), psf_model.meta.get("sky_r_out", 12.0))
+    k = psf_model.meta.get("model_error", 0.0) if model_error is None else model_error
     data, var, weight, xi, yi, has_mask, edge = _stamps(img, variance, sky_variance, mask, x0, y0, half, radius)
     flux, x, y, m, gx, gy, notconv = _fit(psf_model, data, weight, x0, y0, xi, yi, half,
                                           fit_positions, n_iter, max_shift)
-    for _ in range(neighbour_passes):
+    sky = sky_err = np.zeros_like(flux)
+    data_fit = data
+    for _ in range(max(neighbour_passes, int(local_sky))):
         nb = _neighbour_models(img.shape, psf_model, flux, x, y, neighbour_half)
         own = psf_model.evaluate(x, y, half, xi=xi, yi=yi) * flux[:, None, None]
-        clean = data - (cutouts(nb, x0, y0, half)[0] - own)
-        flux, x, y, m, gx, gy, notconv = _fit(psf_model, clean, weight, x, y, xi, yi, half,
+        others = cutouts(nb, x0, y0, half)[0] - own if neighbour_passes else 0.0
+        if local_sky:
+            sky, sky_err = _local_sky(img, nb, mask, x, y, annulus)
+        data_fit = data - others - sky[:, None, None]
+        flux, x, y, m, gx, gy, notconv = _fit(psf_model, data_fit, weight, x, y, xi, yi, half,
                                               fit_positions, n_iter, max_shift)
-        data_fit = clean
-    if neighbour_passes == 0:
-        data_fit = data
-    ferr, xerr, yerr = _errors(weight, var, m, gx, gy, flux)
+    ferr, xerr, yerr = _errors(weight, var, m, gx, gy, flux, sky_err, k)
     chi2, sharp, npix = _quality(data_fit, weight, var, m, flux, half)
     flags = (np.where(notconv, PSFPHOT_FLAGS["NOT_CONVERGED"], 0)
              | np.where(np.broadcast_to(np.asarray(fit_positions), flux.shape), 0, PSFPHOT_FLAGS["POSITION_FIXED"])
              | np.where(edge, PSFPHOT_FLAGS["NEAR_EDGE"], 0) | np.where(has_mask, PSFPHOT_FLAGS["HAS_MASKED"], 0)
              | np.where(flux > 0, 0, PSFPHOT_FLAGS["NONPOSITIVE"]))
     ap = psf_model.apcorr
-    cols = [x, y, xerr, yerr, flux * ap, ferr * ap, flux / ferr, chi2, sharp, npix, flags.astype(np.int32)]
+    cols = [x, y, xerr, yerr, flux * ap, ferr * ap, flux / ferr, sky, chi2, sharp, npix, flags.astype(np.int32)]
     out = Table(cols, names=[c[0] for c in PSFPHOT_COLUMNS], units=[u or None for _, u, _ in PSFPHOT_COLUMNS],
                 descriptions=[d for _, _, d in PSFPHOT_COLUMNS])
-    out.meta.update(APCORR=ap, FITRAD=radius)
+    out.meta.update(APCORR=ap, FITRAD=radius, MODELERR=k)
     return out

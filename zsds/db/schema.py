@@ -229,6 +229,12 @@ reference_images = Table(
     Column("jd_end", Double),
     Column("status", String(16), nullable=False, default="valid"),
     Column("qa", Text),
+    Column("zarr_group", String(256), doc="store/group of the version, relative to the archive root"),
+    Column("magzp", Double, doc="zero point of the co-add (the common zero point), AB mag"),
+    Column("maglim", Double, doc="5-sigma point-source limit of the co-add, AB mag"),
+    Column("seeing_arcsec", Double, doc="PSF FWHM of the co-add at the centre"),
+    Column("inputs_hash", String(64), doc="sha256 of the sorted contributing pids"),
+    Column("inputs", Text, doc="JSON list of the contributing pids"),
     Column("created_at", **_ts),
     UniqueConstraint("field_id", "filter_code", "ccd_id", "qid", "version"),
 )

@@ -93,6 +93,8 @@ def write_table(path, table: Table, *, header: fits.Header | None = None,
     for key, value in meta.items():
         if isinstance(value, (list, tuple)):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, float) and not np.isfinite(value):
+            continue  # FITS headers cannot hold NaN: the keyword is left out
         if isinstance(value, (int, float, str, bool)):
             bintable.header[key[:8].upper()] = value
     for i, name in enumerate(t.colnames, start=1):
@@ -108,7 +110,14 @@ def write_table(path, table: Table, *, header: fits.Header | None = None,
 
 def read_table(path) -> Table:
     """Read a catalogue written by :func:`write_table` (pixel columns back to 0-based)."""
-    t = Table.read(path, hdu=1)
+    import warnings
+
+    from astropy.units import UnitsWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnitsWarning)  # DN is not a FITS standard unit
+        t = Table.read(path, hdu=1)
+    for col in t.itercols():
+        col.unit = None
     for name in ONE_BASED:
         if name in t.colnames:
             t[name] = np.asarray(t[name], float) - 1.0

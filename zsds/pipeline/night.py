@@ -54,7 +54,13 @@ class QuadrantJob:
 
 @dataclass
 class QuadrantOutcome:
-    """What happened to one quadrant: status ``done``, ``bad`` (data unusable) or ``failed``."""
+    """What happened to one quadrant.
+
+    ``done``: processed, image good; ``bad``: processed, image judged unusable (STATUS=0,
+    reasons in ``message``: cloudy, empty, no astrometric solution ...); ``failed``: the
+    processing stopped with an error (bad input file, missing calibration, bug), recorded
+    with its traceback.
+    """
 
     job: QuadrantJob
     status: str
@@ -149,7 +155,10 @@ def _run_stages(config: ZsdsConfig, job: QuadrantJob, engine) -> dict:
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "running")
         if stage == "calibrate":
             qa.update(calibrate_job(config, job, engine))
-        record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "done")
+        note = None if qa.get("status", 1) == 1 else "image judged bad (STATUS=0); later stages skipped"
+        record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "done", note)
+        if note:
+            break
     return qa
 
 
@@ -159,9 +168,10 @@ def process_quadrant(config: ZsdsConfig, job: QuadrantJob) -> QuadrantOutcome:
     t0 = time.perf_counter()
     try:
         qa = _run_stages(config, job, engine)
-        return QuadrantOutcome(job, "done", "", time.perf_counter() - t0, qa)
+        status = "done" if qa.get("status", 1) == 1 else "bad"
+        return QuadrantOutcome(job, status, qa.get("reasons", ""), time.perf_counter() - t0, qa)
     except (InputDataError, AlgorithmError, CalibrationNotFoundError, NoWorkFound) as exc:
-        status, message = "bad", f"{type(exc).__name__}: {exc}"
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
     except ZsdsError as exc:
         status, message = "failed", f"{type(exc).__name__}: {exc}"
     except Exception:  # noqa: BLE001 - recorded with its traceback, the night goes on

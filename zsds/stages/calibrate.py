@@ -120,14 +120,19 @@ def _reference_stars(refcat: pd.DataFrame, obsjd: float, filter_code: str) -> di
             "err": err, "rank": rank}
 
 
-def _solve_astrometry(cat: Table, header_wcs: WCS, refs: dict, shape, params):
-    good = (cat["flags"] & (extract.FLAGS["SATURATED"] | extract.FLAGS["NEAR_BAD"])) == 0
-    x, y = np.asarray(cat["x"])[good], np.asarray(cat["y"])[good]
-    sol = astrometry.solve_astrometry(
-        x, y, np.asarray(cat["flux_auto"])[good], header_wcs, refs["ra"], refs["dec"],
-        refs["rank"], shape, sip_order=params.sip_order,
-        centroid_err=np.hypot(np.asarray(cat["x_err"])[good], np.asarray(cat["y_err"])[good]))
-    return sol
+def _solve_astrometry(positions: Table, cat: Table, header_wcs: WCS, refs: dict, shape, params):
+    """TAN-SIP solution from source positions (PSF-fit rows aligned with the aperture catalogue)."""
+    good = (np.asarray(cat["flags"]) & (extract.FLAGS["SATURATED"] | extract.FLAGS["NEAR_BAD"])) == 0
+    if "flux" in positions.colnames:  # PSF-fit catalogue
+        good &= (np.asarray(positions["flags"]) == 0) & (np.asarray(positions["flux"]) > 0)
+        flux = np.asarray(positions["flux"])
+    else:
+        flux = np.asarray(positions["flux_auto"])
+    x, y = np.asarray(positions["x"])[good], np.asarray(positions["y"])[good]
+    err = np.hypot(np.asarray(positions["x_err"])[good], np.asarray(positions["y_err"])[good])
+    return astrometry.solve_astrometry(x, y, flux[good], header_wcs, refs["ra"], refs["dec"],
+                                       refs["rank"], shape, sip_order=params.sip_order,
+                                       centroid_err=err)
 
 
 def _photometric_calibration(psfcat: Table, sol, refs: dict, filter_code: str, sat_mask):
@@ -243,20 +248,28 @@ def calibrate_quadrant(primary: fits.Header, quad: RawQuadrant, frames: Calibrat
     bkg = background.background_maps(det.image, mask=bad)
     sub = (det.image - bkg.sky).astype(np.float32)
     errors: list[str] = []
-    cat = extract.extract_sources(det.image, bkg.sky, bkg.rms, mask=bad, thresh=params.detect_thresh,
-                                  minarea=params.minarea, gain=gain, saturated=prep.saturated)
+    try:
+        cat = extract.extract_sources(det.image, bkg.sky, bkg.rms, mask=bad,
+                                      thresh=params.detect_thresh, minarea=params.minarea,
+                                      gain=gain, saturated=prep.saturated)
+    except AlgorithmError as exc:
+        errors.append(f"extraction: {exc}")
+        cat = Table({name: np.zeros(0) for name in ("x", "y", "x_err", "y_err", "flux_auto", "flags")})
+        cat["flags"] = np.zeros(0, int)
     filter_code = {1: "zg", 2: "zr", 3: "zi"}[int(primary["FILTERID"])]
     refs = _reference_stars(refcat, float(primary["OBSJD"]), filter_code)
     sol = zp = model = None
     pcat = Table()
     try:
-        sol = _solve_astrometry(cat, WCS(quad.header), refs, det.image.shape, params)
-    except AlgorithmError as exc:
-        errors.append(f"astrometry: {exc}")
-    try:
         model, pcat = _psf_stage(sub, det, bkg, cat, gain, params)
     except AlgorithmError as exc:
         errors.append(f"PSF: {exc}")
+    try:
+        # PSF-fit positions are the best centroids; the aperture catalogue's otherwise
+        positions = pcat if len(pcat) else cat
+        sol = _solve_astrometry(positions, cat, WCS(quad.header), refs, det.image.shape, params)
+    except AlgorithmError as exc:
+        errors.append(f"astrometry: {exc}")
     if sol is not None and model is not None:
         sat = (np.asarray(cat["flags"]) & extract.FLAGS["SATURATED"]) > 0
         try:
@@ -418,7 +431,8 @@ def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
     fp = _footprint(res.astrometry, header_wcs, quad.data.shape)
     _register(engine, job, res, rel, fp, seconds, float(raw.primary["AIRMASS"]))
     out = {k: v for k, v in res.qa.items() if isinstance(v, (int, float, bool))}
-    out.update(status=res.status, infobits=res.infobits, seconds=seconds)
+    out.update(status=res.status, infobits=res.infobits, seconds=seconds,
+               reasons="; ".join(res.reasons))
     if res.status != 1:
         log.warning("expid %d c%02d q%d is bad: %s", job.expid, job.ccd_id, job.qid,
                     "; ".join(res.reasons))
