@@ -57,9 +57,9 @@ def run_pipeline(work: Path, size: str, epochs: int, env):
         sh("ingest", "-q", str(inc / "raw"), env=env)
         sh("calib", "bias", NIGHT, env=env)
         sh("calib", "flat", NIGHT, env=env)
-        sh("run-night", NIGHT, "--no-progress", env=env)
+        sh("run-night", NIGHT, "--no-progress", "--quads", "3", env=env)
         sh("calib", "lowflat", NIGHT, env=env)
-        sh("run-night", NIGHT, "--force", "--no-progress", env=env)
+        sh("run-night", NIGHT, "--force", "--no-progress", "--quads", "3", env=env)
 
 
 def science_images(work: Path) -> pd.DataFrame:

@@ -58,7 +58,9 @@ class Pair:
 
 def _free_positions(rng, shape, n, avoid_x, avoid_y, radius, edge, spacing):
     xs, ys = [], []
-    while len(xs) < n:
+    for _ in range(1000 * n):
+        if len(xs) == n:
+            break
         x, y = rng.integers(edge, shape[1] - edge), rng.integers(edge, shape[0] - edge)
         if np.any((avoid_x - x) ** 2 + (avoid_y - y) ** 2 < radius**2):
             continue
@@ -66,6 +68,8 @@ def _free_positions(rng, shape, n, avoid_x, avoid_y, radius, edge, spacing):
             continue
         xs.append(x)
         ys.append(y)
+    if len(xs) < n:
+        raise ValueError(f"no room for {n} transients: fewer stars or a larger image")
     return np.array(xs), np.array(ys)
 
 
@@ -92,7 +96,8 @@ def make_pair(shape=(512, 512), *, n_stars=300, fwhm_ref=3.0, fwhm_new=3.0, n_tr
     psf_n, psf_r = gaussian_stamp(fwhm_new, half), gaussian_stamp(fwhm_ref, half)
     tx = ty = tf = np.zeros(0)
     if n_transients:
-        tx, ty = _free_positions(rng, shape, n_transients, sx, sy, 4 * half, 3 * half, 3 * half)
+        tx, ty = _free_positions(rng, shape, n_transients, sx, sy, 3 * max(fwhm_new, fwhm_ref),
+                                2 * half, 2 * half + 1)
         pd, fd = difference_psf(psf_n, psf_r, sigma_new=sig_n, sigma_ref=sig_r,
                                 flux_zp_ref=flux_zp_ref)
         alpha = rng.uniform(*snr, n_transients) / (fd * np.sqrt(np.sum(pd.astype(float) ** 2)))

@@ -16,6 +16,15 @@ def _night(value: str) -> str:
     return value
 
 
+def _ints(value: Optional[str], name: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, not {value!r}") from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the ``zsds`` app."""
     from .cli import state
@@ -31,6 +40,8 @@ def register(app: typer.Typer) -> None:
         print_job_script: bool = typer.Option(False, "--print-job-script",
                                               help="Print the SLURM job script and exit."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
+        ccds: Optional[str] = typer.Option(None, help="Only these CCDs, e.g. 1,2,13."),
+        quads: Optional[str] = typer.Option(None, help="Only these quadrants, e.g. 3."),
     ):
         """Process a night: ingest, calibrations, then every readout quadrant on Dask."""
         from .pipeline.cluster import slurm_job_script
@@ -43,7 +54,8 @@ def register(app: typer.Typer) -> None:
         if print_job_script:
             typer.echo(slurm_job_script(config))
             raise typer.Exit(0)
-        report = run_night(night, config, incoming=incoming, force=force, progress=progress)
+        report = run_night(night, config, incoming=incoming, force=force, progress=progress,
+                           ccds=_ints(ccds, "--ccds"), quads=_ints(quads, "--quads"))
         typer.echo(report.summary())
         raise typer.Exit(0 if report.count("failed") == 0 else 1)
 
@@ -51,8 +63,11 @@ def register(app: typer.Typer) -> None:
     def plan_cmd(
         night: str = typer.Argument(..., callback=_night, help="Night YYYYMMDD (UTC date)."),
         force: bool = typer.Option(False, help="Plan as if --force were given."),
+        ccds: Optional[str] = typer.Option(None, help="Only these CCDs, e.g. 1,2,13."),
+        quads: Optional[str] = typer.Option(None, help="Only these quadrants, e.g. 3."),
     ):
         """Dry run: what run-night would process, on which calibrations, what is done."""
         from .pipeline.night import plan_night
 
-        typer.echo(plan_night(night, state.config, force=force).summary())
+        typer.echo(plan_night(night, state.config, force=force, ccds=_ints(ccds, "--ccds"),
+                              quads=_ints(quads, "--quads")).summary())

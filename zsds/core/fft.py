@@ -92,30 +92,40 @@ class FFTPlans:
     def rfft2(self, a: np.ndarray) -> np.ndarray:
         """Forward transform of ``a``, zero-padded at the high-index end to :attr:`shape`.
 
-        Returns a new complex array of :attr:`fourier_shape`.
+        Returns a new (SIMD-aligned) complex array of :attr:`fourier_shape`.
         """
         ny, nx = a.shape
         if ny > self.shape[0] or nx > self.shape[1]:
             raise ValueError(f"array of shape {a.shape} exceeds the plan shape {self.shape}")
+        out = pyfftw.empty_aligned(self.fourier_shape, dtype=self.cdtype)
         with self._lock:
             self._real[:ny, :nx] = a
             self._real[ny:, :] = 0
             self._real[:ny, nx:] = 0
+            self._fwd.update_arrays(self._real, out)
             self._fwd.execute()
             self.count += 1
-            return self._cplx.copy()
+        return out
 
-    def irfft2(self, A: np.ndarray, out_shape=None) -> np.ndarray:
+    def irfft2(self, A: np.ndarray, out_shape=None, *, overwrite_input: bool = False) -> np.ndarray:
         """Normalised inverse transform of ``A``, cropped to ``out_shape`` (default: full).
 
-        Returns a new real array; ``A`` is not modified.
+        Returns a new real array. ``A`` is preserved unless ``overwrite_input`` (then an
+        aligned ``A``, e.g. from :meth:`rfft2`, is transformed in place without a copy).
         """
-        if A.shape != self.fourier_shape:
-            raise ValueError(f"A has shape {A.shape}, the plan expects {self.fourier_shape}")
+        if A.shape != self.fourier_shape or A.dtype != self.cdtype:
+            raise ValueError(f"A has shape {A.shape} and dtype {A.dtype}, the plan expects "
+                             f"{self.fourier_shape} {self.cdtype}")
         ny, nx = self.shape if out_shape is None else out_shape
         scale = self.dtype.type(1.0 / (self.shape[0] * self.shape[1]))
+        aligned = overwrite_input and pyfftw.is_n_byte_aligned(A, pyfftw.simd_alignment) \
+            and A.flags.c_contiguous
         with self._lock:
-            self._cplx[...] = A
+            if aligned:
+                self._inv.update_arrays(A, self._real)
+            else:
+                self._cplx[...] = A
+                self._inv.update_arrays(self._cplx, self._real)
             self._inv.execute()
             self.count += 1
             out = self._real[:ny, :nx] * scale

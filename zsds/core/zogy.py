@@ -184,21 +184,23 @@ def difference_psf(psf_new, psf_ref, *, sigma_new, sigma_ref, flux_zp_new=1.0,
 # --------------------------------------------------------------------------- Fourier arithmetic
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _proper_terms(N, R, Pn, Pr, fn, fr, sn2, sr2, split, Sn):
     """In place: N <- D_hat (eq. 13); R <- S_r_hat, or S_hat if not ``split``; Sn <- S_n_hat."""
+    cn, cr = sn2 * fr * fr, sr2 * fn * fn
+    kn, kr = fn * fr * fr, fr * fn * fn
     for i in range(N.shape[0]):
         for j in range(N.shape[1]):
             pn = Pn[i, j]
             pr = Pr[i, j]
             an = pn.real * pn.real + pn.imag * pn.imag
             ar = pr.real * pr.real + pr.imag * pr.imag
-            d2 = max(sn2 * fr * fr * ar + sr2 * fn * fn * an, TINY)
+            inv = 1.0 / np.sqrt(max(cn * ar + cr * an, TINY))
             n = N[i, j]
             r = R[i, j]
-            N[i, j] = (fr * pr * n - fn * pn * r) / np.sqrt(d2)
-            sn_hat = (fn * fr * fr * ar / d2) * np.conj(pn) * n
-            sr_hat = (fr * fn * fn * an / d2) * np.conj(pr) * r
+            N[i, j] = (fr * pr * n - fn * pn * r) * inv
+            sn_hat = (kn * ar * inv * inv) * np.conj(pn) * n
+            sr_hat = (kr * an * inv * inv) * np.conj(pr) * r
             if split:
                 Sn[i, j] = sn_hat
                 R[i, j] = sr_hat
@@ -223,6 +225,20 @@ def _astrometric_variance(Sn, Sr, sx2, sy2):
     return out
 
 
+@numba.njit(cache=True, fastmath=True)
+def _score(s_n, s_r, v_noise, v_ast):
+    """S = S_n - S_r (in place in ``s_n``), S_var (in place in ``v_noise``), S_corr (eq. 25)."""
+    out = np.empty(s_n.shape, np.float32)
+    for i in range(s_n.shape[0]):
+        for j in range(s_n.shape[1]):
+            s = s_n[i, j] - s_r[i, j]
+            v = v_noise[i, j] + v_ast[i, j]
+            s_n[i, j] = s
+            v_noise[i, j] = v
+            out[i, j] = s / np.sqrt(v)
+    return out
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -239,11 +255,11 @@ def _clean(image, mask, name, shape):
     if a.ndim != 2 or (shape is not None and a.shape != shape):
         raise ValueError(f"{name} must be a 2-D array of shape {shape or 'like new'}, "
                          f"got {a.shape}")
-    a = np.array(a, dtype=np.float32)
     bad = ~np.isfinite(a)
     if mask is not None:
         bad |= np.asarray(mask, dtype=bool)
-    a[bad] = 0.0
+    if bad.any():
+        a = np.where(bad, np.float32(0), a).astype(np.float32)
     return a, bad
 
 
@@ -252,7 +268,7 @@ def _variance_map(var, sigma, shape, name):
         v = np.asarray(var, dtype=np.float32)
         if v.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
-        return np.where(np.isfinite(v), v, 0.0).astype(np.float32)
+        return v if np.isfinite(v).all() else np.where(np.isfinite(v), v, 0).astype(np.float32)
     if np.ndim(sigma):
         return np.square(np.asarray(sigma, dtype=np.float32))
     return None
@@ -269,16 +285,31 @@ def _noise_variance(plans, kernels, vn, vr, sn, sr, shape):
     term = plans.rfft2(vr)
     term *= plans.rfft2(_embed(kernels.k_r**2, plans.shape))
     acc += term
-    v = plans.irfft2(acc, shape)
-    return np.maximum(v, np.float32(TINY)), 5
+    v = plans.irfft2(acc, shape, overwrite_input=True)
+    return np.maximum(v, np.float32(TINY), out=v), 5
 
 
 def _unreliable(bad, shape, reach):
     """Pixels within ``reach`` of the border or of a bad input pixel."""
-    out = ndimage.maximum_filter(bad.view(np.uint8), size=2 * reach + 1).astype(bool)
+    if bad.any():
+        out = ndimage.maximum_filter(bad.view(np.uint8), size=2 * reach + 1).astype(bool)
+    else:
+        out = np.zeros(shape, bool)
     out[:reach] = out[-reach:] = True
     out[:, :reach] = out[:, -reach:] = True
     return out
+
+
+def _combine(s_n, s_r, v_noise, v_ast):
+    """(S, S_var, S_corr) from the score parts and variances (eqs. 25-31)."""
+    if s_r is None and v_ast is None and np.ndim(v_noise) == 0:
+        return s_n, float(v_noise), s_n * np.float32(1 / np.sqrt(v_noise))
+    s_r = np.zeros_like(s_n) if s_r is None else s_r
+    v_ast = np.zeros_like(s_n) if v_ast is None else v_ast
+    if np.ndim(v_noise) == 0:
+        v_noise = np.full(s_n.shape, v_noise, np.float32)
+    s_corr = _score(s_n, s_r, v_noise, v_ast)
+    return s_n, v_noise, s_corr
 
 
 # --------------------------------------------------------------------------- public
@@ -321,8 +352,8 @@ def zogy_subtract(new, ref, psf_new, psf_ref, *, sigma_new, sigma_ref, flux_zp_n
     shape = new.shape
     ref, bad_r = _clean(ref, mask_ref, "ref", shape)
     bad = bad_n | bad_r
-    new[bad] = 0.0
-    ref[bad] = 0.0
+    if bad.any():  # blank bad pixels in both images, so they cancel in D
+        new, ref = (np.where(bad, np.float32(0), a) for a in (new, ref))
     pn, pr = _unit_psf(psf_new, "psf_new"), _unit_psf(psf_ref, "psf_ref")
     sn, sr = _scalar_sigma(sigma_new, "sigma_new"), _scalar_sigma(sigma_ref, "sigma_ref")
     fn, fr = float(flux_zp_new), float(flux_zp_ref)
@@ -342,27 +373,25 @@ def zogy_subtract(new, ref, psf_new, psf_ref, *, sigma_new, sigma_ref, flux_zp_n
     Sn = np.empty_like(N) if split else np.empty((1, 1), N.dtype)
     _proper_terms(N, R, Pn, Pr, fn, fr, sn**2, sr**2, split, Sn)
     del Pn, Pr
-    D = plans.irfft2(N, shape)
+    D = plans.irfft2(N, shape, overwrite_input=True)
     del N
     n_fft = 5
     if split:
-        s_n, s_r = plans.irfft2(Sn, shape), plans.irfft2(R, shape)
-        S = s_n - s_r
+        s_n = plans.irfft2(Sn, shape, overwrite_input=True)
+        s_r = plans.irfft2(R, shape, overwrite_input=True)
         v_ast = _astrometric_variance(s_n, s_r, sx**2, sy**2)
-        del s_n, s_r
         n_fft += 2
     else:
-        S, v_ast = plans.irfft2(R, shape), 0.0
+        s_n, s_r, v_ast = plans.irfft2(R, shape, overwrite_input=True), None, None
         n_fft += 1
     del Sn, R
     vn = _variance_map(var_new, sigma_new, shape, "var_new")
     vr = _variance_map(var_ref, sigma_ref, shape, "var_ref")
     v_noise, n_var = _noise_variance(plans, kernels, vn, vr, sn, sr, shape)
-    s_var = v_noise + v_ast
-    s_corr = (S / np.sqrt(s_var)).astype(np.float32)
+    S, s_var, s_corr = _combine(s_n, s_r, v_noise, v_ast)
     reach = max(pn.shape + pr.shape)
     return ZogyResult(D=D, P_D=kernels.P_D, F_D=float(fd), S=S,
-                      S_var=s_var if np.ndim(s_var) else float(s_var), S_corr=s_corr,
+                      S_var=s_var, S_corr=s_corr,
                       D_flux=D * np.float32(fn / fd), mask=_unreliable(bad, shape, reach),
                       flux_zp_new=fn, n_fft=n_fft + n_var)
 

@@ -122,7 +122,8 @@ def _calibration_summary(engine, jobs: list[QuadrantJob]) -> dict:
     return out
 
 
-def plan_night(night: str, config: ZsdsConfig, *, force: bool = False) -> NightPlan:
+def plan_night(night: str, config: ZsdsConfig, *, force: bool = False,
+               ccds: list[int] | None = None, quads: list[int] | None = None) -> NightPlan:
     """What ``run_night`` would do, from the database (no processing, no writes).
 
     Raises
@@ -131,7 +132,8 @@ def plan_night(night: str, config: ZsdsConfig, *, force: bool = False) -> NightP
         If no object exposure of the night is registered.
     """
     engine = _engine(config)
-    jobs = _jobs(object_quadrants(engine, night))
+    jobs = [j for j in _jobs(object_quadrants(engine, night))
+            if (not ccds or j.ccd_id in ccds) and (not quads or j.qid in quads)]
     if not jobs:
         raise NoWorkFound(f"night {night}: no object exposures registered; ingest its raw files "
                           "first (zsds ingest DIR or zsds run-night --incoming DIR)")
@@ -233,7 +235,8 @@ def _log_exposure(expid: int, outcomes: list[QuadrantOutcome]):
 
 
 def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
-              force: bool = False, progress: bool = True) -> NightReport:
+              force: bool = False, progress: bool = True, on_progress=None,
+              ccds: list[int] | None = None, quads: list[int] | None = None) -> NightReport:
     """Process a night on the configured Dask cluster.
 
     Parameters
@@ -248,6 +251,10 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
         Reprocess quadrants already done.
     progress : bool
         Show a progress bar.
+    on_progress : callable, optional
+        ``on_progress(n_done, client)`` after each quadrant (monitoring and chaos tests).
+    ccds, quads : list of int, optional
+        Process only these CCDs / quadrants (reprocessing a subset).
     """
     from distributed import as_completed
     from tqdm import tqdm
@@ -256,7 +263,7 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
 
     t0 = time.perf_counter()
     _prepare_night(night, config, incoming)
-    plan = plan_night(night, config, force=force)
+    plan = plan_night(night, config, force=force, ccds=ccds, quads=quads)
     log.info("night %s: %d quadrants to process, %d already done", night, len(plan.todo),
              len(plan.done))
     by_exposure: dict[int, list] = defaultdict(list)
@@ -277,6 +284,8 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
                 by_exposure[out.job.expid].append(out)
                 if len(by_exposure[out.job.expid]) == expected[out.job.expid]:
                     _log_exposure(out.job.expid, by_exposure[out.job.expid])
+                if on_progress is not None:
+                    on_progress(len(outcomes), client)
             bar.close()
     report = NightReport(night, outcomes, len(plan.done), time.perf_counter() - t0)
     log.info(report.summary())
