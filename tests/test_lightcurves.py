@@ -119,10 +119,9 @@ def _synthetic_store(tmp_path, order=12, n=400):
     ra, dec = 150 + rng.uniform(0, 0.14, n), 2 + rng.uniform(0, 0.14, n)
     objects = pd.DataFrame({"oid": lcmatch.make_oid(1, 1, 1, "zg", np.arange(1, n + 1)),
                             "ra": ra, "dec": dec, "_healpix_29": healpix29(ra, dec)})
-    for name, *_ in OBJECT_COLUMNS[4:]:
-        objects[name] = "zg" if name == "filter_code" else 0
-    for name in lcmetrics.metric_names():
-        objects[name] = 1.0
+    extra = {name: ("zg" if name == "filter_code" else 0) for name, *_ in OBJECT_COLUMNS[4:]}
+    extra.update({name: 1.0 for name in lcmetrics.metric_names()})
+    objects = pd.concat([objects, pd.DataFrame(extra, index=objects.index)], axis=1)
     dets = pd.DataFrame({f.name: np.zeros(3 * n, dtype=f.type.to_pandas_dtype())
                          for f in detection_schema()})
     dets["oid"] = np.repeat(objects["oid"], 3).to_numpy()
@@ -167,7 +166,7 @@ def test_store_readable_by_pandas_pyarrow_dask_duckdb(tmp_path):
 
 def test_choose_order_scales_with_quadrant_area():
     assert choose_order(0.75, 100) == 10           # full ZTF quadrant
-    assert choose_order(0.02, 100) == 12           # 512-pixel test quadrant
+    assert choose_order(0.021, 100) == 12          # 512-pixel test quadrant
 
 
 # -- the stage on simulated data --------------------------------------------------------------

@@ -59,6 +59,20 @@ def register(app: typer.Typer) -> None:
         typer.echo(report.summary())
         raise typer.Exit(0 if report.count("failed") == 0 else 1)
 
+    @app.command("watch")
+    def watch_cmd(
+        incoming: Path = typer.Argument(..., exists=True, file_okay=False,
+                                        help="Folder the camera writes raw files to."),
+        poll: float = typer.Option(1.0, min=0.1, help="Polling interval, s."),
+        settle: float = typer.Option(2.0, min=0.0, help="A file is complete when unchanged this long, s."),
+        max_idle: Optional[float] = typer.Option(None, help="Stop after this long without new files, s."),
+    ):
+        """Real-time mode: ingest files as they land and process their quadrants at once."""
+        from .pipeline.watch import watch
+
+        report = watch(incoming, state.config, poll_s=poll, settle_s=settle, max_idle_s=max_idle)
+        typer.echo(report.summary())
+
     @app.command("plan")
     def plan_cmd(
         night: str = typer.Argument(..., callback=_night, help="Night YYYYMMDD (UTC date)."),

@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from zsds.core.ephemeris import (C_AU_PER_DAY, MJD_OFFSET, elements_from_state,
-                                 propagate_two_body)
+from zsds.core.ephemeris import C_AU_PER_DAY, GM_SUN, elements_from_state, propagate_two_body
 from zsds.core.known_objects import unit_vectors
-from zsds.core.orbitfit import Geometry, OrbitFit, fit_orbit, model_positions
+from zsds.core.orbitfit import Geometry, OrbitFit, fit_orbits, model_positions
 
 __all__ = ["LinkParams", "default_hypotheses", "tracklet_states", "link_tracklets",
            "fit_tracks"]
@@ -121,7 +120,7 @@ def tracklet_states(tracklets: pd.DataFrame, geometry: Geometry, r: float,
     rudot = np.sum(R * u, axis=1)
     rhodot = (r * rdot - np.sum(R * (Ov + rho[:, None] * udot), axis=1)) / rudot
     V = Ov + rhodot[:, None] * u + rho[:, None] * udot
-    energy = 0.5 * np.sum(V * V, axis=1) - 2.9591220828559115e-4 / r
+    energy = 0.5 * np.sum(V * V, axis=1) - GM_SUN / r
     ok = (disc > 0) & (rho > 0) & (energy < 0) & (np.abs(rudot) > 1e-6)
     return R, V, geometry.t_tdb - rho / C_AU_PER_DAY, ok
 
@@ -207,10 +206,16 @@ def _passes(fit: OrbitFit, nights: np.ndarray, params: LinkParams) -> bool:
             and np.unique(nights).size >= params.min_nights)
 
 
-def _fit_rows(rows, state0, epoch, cands, geo_index, geometry, params) -> OrbitFit:
-    return fit_orbit(cands["jd"].to_numpy()[rows], cands["ra"].to_numpy()[rows],
-                     cands["dec"].to_numpy()[rows], state0, epoch,
-                     geometry=geometry.take(geo_index[rows]), sigma_arcsec=params.sigma_arcsec)
+def _fit_many(row_sets, states0, epoch, cands, geo_index, geometry, params,
+              chunk: int = 400) -> list[OrbitFit]:
+    ra, dec = cands["ra"].to_numpy(), cands["dec"].to_numpy()
+    fits = []
+    for start in range(0, len(row_sets), chunk):
+        part = row_sets[start:start + chunk]
+        obs = [(geo_index[rows], ra[rows], dec[rows]) for rows in part]
+        fits += fit_orbits(obs, np.asarray(states0[start:start + chunk]), epoch, geometry,
+                           sigma_arcsec=params.sigma_arcsec)
+    return fits
 
 
 def _attach(fit: OrbitFit, rows: np.ndarray, free: np.ndarray, cands, geo_index, geometry,
@@ -270,14 +275,15 @@ def fit_tracks(links: pd.DataFrame, tracklets: pd.DataFrame, candidates: pd.Data
     night_arr = np.full(len(candidates), -1, dtype=np.int64)
     for row, n in nights_of.items():
         night_arr[row] = n
-    good = []
-    for link in links.itertuples(index=False):
-        rows = np.unique(np.concatenate([tracklets["rows"].iloc[k] for k in link.tracklets]))
-        fit = _fit_rows(rows, link.state0, link.epoch_mjd, candidates, geo_index, geometry,
-                        params)
-        if _passes(fit, night_arr[rows], params):
-            good.append({"rows": rows, "fit": fit, "tracklets": link.tracklets, "r": link.r,
-                         "rdot": link.rdot})
+    row_sets = [np.unique(np.concatenate([tracklets["rows"].iloc[k] for k in link]))
+                for link in links["tracklets"]]
+    epoch = float(links["epoch_mjd"].iloc[0]) if len(links) else 0.0
+    fits = _fit_many(row_sets, list(links["state0"]), epoch, candidates, geo_index, geometry,
+                     params)
+    good = [{"rows": rows, "fit": fit, "tracklets": link.tracklets, "r": link.r,
+             "rdot": link.rdot}
+            for rows, fit, link in zip(row_sets, fits, links.itertuples(index=False))
+            if _passes(fit, night_arr[rows], params)]
     good.sort(key=lambda t: (-t["rows"].size, t["fit"].rms_arcsec))
     used = np.zeros(len(candidates), dtype=bool)
     accepted = []
@@ -287,18 +293,25 @@ def fit_tracks(links: pd.DataFrame, tracklets: pd.DataFrame, candidates: pd.Data
         used[track["rows"]] = True
         accepted.append(track)
     pool = np.flatnonzero(~used) if free is None else np.asarray(free)[~used[free]]
+    return _join_free(accepted, pool, used, candidates, geo_index, geometry, params)
+
+
+def _join_free(accepted, pool, used, candidates, geo_index, geometry, params) -> list[dict]:
+    """Add free detections lying on each track's orbit, refit, keep refits that pass QA."""
+    grown = []
     for track in accepted:
-        pool = pool[~used[pool]]
-        rows = _attach(track["fit"], track["rows"], pool, candidates, geo_index, geometry, params)
+        rows = _attach(track["fit"], track["rows"], pool[~used[pool]], candidates, geo_index,
+                       geometry, params)
         if rows.size > track["rows"].size:
-            fit = _fit_rows(rows, track["fit"].state, track["fit"].epoch_mjd, candidates,
-                            geo_index, geometry, params)
-            if fit.success and fit.rms_arcsec <= params.max_rms_arcsec \
-                    and fit.max_resid_arcsec <= params.max_resid_arcsec:
-                used[rows] = True
-                track["rows"], track["fit"] = rows, fit
+            used[rows] = True
+            grown.append((track, rows))
+    fits = _fit_many([rows for _, rows in grown], [t["fit"].state for t, _ in grown],
+                     accepted[0]["fit"].epoch_mjd if accepted else 0.0, candidates, geo_index,
+                     geometry, params)
+    for (track, rows), fit in zip(grown, fits):
+        if fit.success and fit.rms_arcsec <= params.max_rms_arcsec \
+                and fit.max_resid_arcsec <= params.max_resid_arcsec:
+            track["rows"], track["fit"] = rows, fit
+        else:
+            used[np.setdiff1d(rows, track["rows"])] = False
     return accepted
-
-
-def _jd_of_mjd_tdb(t):
-    return np.asarray(t) + MJD_OFFSET

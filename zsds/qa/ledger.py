@@ -211,10 +211,12 @@ def raw_volume(raw_files: pd.DataFrame, root: Path) -> dict:
         unc = g["uncompressed_bytes"]
         unc_sum = int(unc.sum()) if unc.notna().all() else None
         by_type.append({"imgtype": imgtype, "files": int(len(g)),
-                        "bytes": int(g["size_bytes"].sum()), "disk_bytes": int(g["disk_bytes"].sum()),
+                        "bytes": int(g["size_bytes"].sum()),
+                        "disk_bytes": int(g["disk_bytes"].sum()),
                         "uncompressed_bytes": unc_sum,
                         "compression_ratio": _ratio(unc_sum, int(g["disk_bytes"].sum()))})
-    unc_all = int(df["uncompressed_bytes"].sum()) if df["uncompressed_bytes"].notna().all() else None
+    known = df["uncompressed_bytes"].notna().all()
+    unc_all = int(df["uncompressed_bytes"].sum()) if known else None
     return {"files": int(len(df)), "total_bytes": int(df["size_bytes"].sum()),
             "disk_bytes": int(df["disk_bytes"].sum()),
             "missing": int((~df["exists"]).sum()) if len(df) else 0,

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from astropy.time import Time  # noqa: E402
 from matplotlib.patches import Polygon  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..camera import FULL_SHAPE, load_camera  # noqa: E402
 from .metrics import QUANTITIES, QAThresholds  # noqa: E402
@@ -30,6 +31,8 @@ FILTER_COLOURS = {"zg": "#2e8b3d", "zr": "#b2182b", "zi": "#6a3d9a"}
 FLAG_COLOURS = {"green": "#2e7d32", "amber": "#e69500", "red": "#c62828", "grey": "#9e9e9e"}
 
 _TIME_PANELS = ("seeing", "maglim", "magzp", "zp_deficit", "astrom_rms")
+_SHORT = {"seeing": "Seeing FWHM", "maglim": "MAGLIM (5 sigma)", "magzp": "MAGZP",
+          "zp_deficit": "ZP deficit", "astrom_rms": "Astrom. RMS", "sky": "Sky"}
 
 
 def _png(fig) -> bytes:
@@ -65,9 +68,10 @@ def time_series_png(per_image: pd.DataFrame, per_exposure: pd.DataFrame, night: 
     n = len(_TIME_PANELS)
     fig, axes = plt.subplots(n, 1, figsize=(9, 2.0 * n + 0.6), sharex=True,
                              constrained_layout=True)
-    filters = sorted(set(per_exposure.get("filter_code", [])) | set(per_image.get("filter_code", [])))
+    filters = sorted(set(per_exposure.get("filter_code", []))
+                     | set(per_image.get("filter_code", [])))
     for ax, qty in zip(axes, _TIME_PANELS):
-        label, unit = QUANTITIES[qty]
+        unit = QUANTITIES[qty][1]
         for fc in filters:
             colour = FILTER_COLOURS.get(fc, "k")
             img = per_image[per_image["filter_code"] == fc]
@@ -80,14 +84,15 @@ def time_series_png(per_image: pd.DataFrame, per_exposure: pd.DataFrame, night: 
             ax.plot(_ut_hours(red["obsjd"], night), red[qty], "o", ms=11, mfc="none",
                     mec=FLAG_COLOURS["red"], mew=1.5)
         _threshold_lines(ax, thresholds, qty, filters)
-        ax.set_ylabel(f"{label.split(' (')[0]}\n[{unit}]", fontsize=9)
+        ax.set_ylabel(f"{_SHORT[qty]}\n[{unit}]", fontsize=9)
         ax.grid(alpha=0.3)
+        ax.margins(x=0.04, y=0.12)
         if per_exposure.empty or per_exposure[qty].isna().all():
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
                     color="grey")
     if filters:
-        axes[0].legend(loc="upper right", fontsize=8, ncol=len(filters), title="filter",
-                       title_fontsize=8)
+        axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.01), fontsize=8,
+                       ncol=len(filters), frameon=False, title=None)
     axes[-1].set_xlabel(f"UT hour of {night[:4]}-{night[4:6]}-{night[6:]}")
     return _png(fig)
 
@@ -124,30 +129,29 @@ def focal_plane_png(per_quadrant: pd.DataFrame, qty: str, thresholds: QAThreshol
     cm = matplotlib.colormaps[cmap]
     fig, ax = plt.subplots(figsize=(5.6, 5.0), constrained_layout=True)
     for ccd in cam.ccd_ids:
-        centres = []
         for qid in cam.qids:
             corners = quadrant_corners(ccd, qid)
-            centres.append(corners.mean(axis=0))
             v = values.get((ccd, qid))
             has = v is not None and np.isfinite(v)
             face = cm(norm(v)) if has else "#d9d9d9"
             verdict = colours.get((ccd, qid), "grey")
             edge = FLAG_COLOURS[verdict] if verdict in ("amber", "red") else "white"
             ax.add_patch(Polygon(corners, closed=True, facecolor=face, edgecolor=edge,
-                                 lw=2.0 if edge != "white" else 0.8, zorder=2 if edge == "white" else 3))
+                                 lw=0.8 if edge == "white" else 2.0,
+                                 zorder=2 if edge == "white" else 3))
             if has:
                 c = corners.mean(axis=0)
                 r, g, b, _ = cm(norm(v))
                 ax.text(c[0], c[1], f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white",
                         zorder=4)
-        top = max(quadrant_corners(ccd, q)[:, 1].max() for q in cam.qids)
-        cc = np.mean(centres, axis=0)
-        ax.text(cc[0], top + 0.04, f"CCD {ccd}", ha="center", va="bottom", fontsize=7,
-                color="#546e7a", zorder=5)
+        allc = np.vstack([quadrant_corners(ccd, q) for q in cam.qids])
+        ax.text(allc[:, 0].max() - 0.04, allc[:, 1].min() + 0.04, f"{ccd}", ha="left",
+                va="bottom", fontsize=6.5, color="#37474f", zorder=5,
+                bbox={"facecolor": "white", "alpha": 0.75, "pad": 0.6, "lw": 0})
     ext = cam.focal_plane_extent() * 0.75
     ax.set_xlim(ext, -ext)
-    ax.set_ylim(-ext, ext + 0.3)
+    ax.set_ylim(-ext, ext)
     ax.set_aspect("equal")
     ax.set_xlabel("EW [deg] (east left)")
     ax.set_ylabel("NS [deg]")
@@ -165,8 +169,9 @@ def candidates_png(per_image: np.ndarray) -> bytes:
     per_image = np.asarray(per_image, dtype=int)
     if per_image.size:
         top = int(per_image.max())
-        bins = np.arange(-0.5, top + 1.5, 1) if top <= 50 else 40
+        bins = np.arange(-0.5, max(top, 5) + 1.5, 1) if top <= 50 else 40
         ax.hist(per_image, bins=bins, color="#4c72b0", edgecolor="white")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if per_image.size == 0 or per_image.sum() == 0:
         ax.text(0.5, 0.6, "no candidates tonight", transform=ax.transAxes, ha="center",
                 color="grey")

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import ZsdsConfig
-from ..db.ops import engine_from_config
+from ..db.ops import make_engine
+from ..errors import ZsdsError
 from ..io.paths import ArchiveLayout
 from . import plots
 from .ledger import (ProjectionAssumptions, product_volume, project_yearly, raw_volume,
@@ -103,6 +104,15 @@ def night_numbers(tables: NightTables, config: ZsdsConfig, *,
     products = product_volume(products_df)
     n_exp = counts["exposures"]
     projection = project_yearly(raw, products, tables.quadrants, n_exp, assumptions)
+    sci_seconds = processing_times(tables.processing, tables.science)
+    scale = projection["assumptions"]["camera_scale"] * projection["assumptions"]["pixel_scale"]
+    projection["calibrate_core_hours_per_night"] = (
+        sci_seconds["science_seconds"]["total_s"] / max(n_exp, 1)
+        * assumptions.exposures_per_night * scale / 3600.0)
+    registered = set(tables.science["path"]) if not tables.science.empty else set()
+    orphans = (int((products_df["suffix"].eq("sciimg.fits")
+                    & ~products_df["path"].isin(registered)).sum())
+               if not products_df.empty else 0)
     night_median = {q: _plain(per_image[q].median()) if not per_image.empty else None
                     for q in QUANTITIES}
     night_colour = {"seeing": t.seeing.colour(night_median["seeing"]),
@@ -136,8 +146,9 @@ def night_numbers(tables: NightTables, config: ZsdsConfig, *,
                        "per_quadrant": _records(cands["by_ccd_qid"])},
         "ledger": {"raw": raw, "products": products,
                    "products_total_bytes": int(sum(p["bytes"] for p in products)),
-                   "products_total_files": int(sum(p["files"] for p in products))},
-        "processing_time": processing_times(tables.processing, tables.science),
+                   "products_total_files": int(sum(p["files"] for p in products)),
+                   "sciimg_without_db_row": orphans},
+        "processing_time": sci_seconds,
         "projection": projection,
         "thresholds": t.as_dict(),
     }
@@ -177,14 +188,15 @@ th,td{border:1px solid #dde3e6;padding:3px 8px;text-align:right;white-space:nowr
 th{background:#eceff1;font-weight:600} td.l,th.l{text-align:left;white-space:normal}
 td.green{background:#d7f0d9} td.amber{background:#ffe3b0} td.red{background:#f6c4c4;font-weight:600}
 .tiles{display:flex;flex-wrap:wrap;gap:10px}
-.tile{background:#fff;border:1px solid #dde3e6;border-left:6px solid #9e9e9e;padding:8px 12px;min-width:110px}
+.tile{background:#fff;border:1px solid #dde3e6;border-left:6px solid #9e9e9e;padding:8px 12px;
+      min-width:110px}
 .tile .v{font-size:20px;font-weight:600} .tile .k{font-size:12px;color:#607d8b}
 .tile.green{border-left-color:#2e7d32} .tile.amber{border-left-color:#e69500}
 .tile.red{border-left-color:#c62828}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
 .badge.green{background:#2e7d32} .badge.amber{background:#e69500} .badge.red{background:#c62828}
 .badge.grey{background:#9e9e9e}
-.grid{display:flex;flex-wrap:wrap;gap:8px} .grid img{width:560px;max-width:100%}
+.grid{display:flex;flex-wrap:wrap;gap:8px} .grid img{width:540px;max-width:100%}
 img{max-width:100%;background:#fff;border:1px solid #dde3e6}
 .note{font-size:12.5px;color:#546e7a;max-width:900px}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
@@ -219,16 +231,18 @@ def _bytes(n) -> str:
 
 
 def _table(headers: list[str], rows: list[list], left: int = 0,
-           classes: list[list[str]] | None = None) -> str:
-    """An HTML table; cells are already-formatted HTML; ``left`` first columns left-aligned."""
-    head = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>"
+           classes: list[list[str]] | None = None, text: tuple[int, ...] = ()) -> str:
+    """An HTML table of already-formatted cells; the first ``left`` columns and the columns
+    in ``text`` are left-aligned (text), the others right-aligned (numbers)."""
+    text = tuple(i % len(headers) for i in text)
+    head = "".join(f'<th class="l">{h}</th>' if i < left or i in text else f"<th>{h}</th>"
                    for i, h in enumerate(headers))
     body = []
     for r, row in enumerate(rows):
         cells = []
         for i, cell in enumerate(row):
             cls = []
-            if i < left:
+            if i < left or i in text:
                 cls.append("l")
             if classes and classes[r][i]:
                 cls.append(classes[r][i])
@@ -244,7 +258,12 @@ def _img(name: str, data: bytes, alt: str) -> str:
 
 
 def _tile(key: str, value: str, colour: str = "") -> str:
-    return f'<div class="tile {colour}"><div class="v">{value}</div><div class="k">{key}</div></div>'
+    return (f'<div class="tile {colour}"><div class="v">{value}</div>'
+            f'<div class="k">{key}</div></div>')
+
+
+def _pct(fraction) -> str:
+    return "&ndash;" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def _summary(n: dict) -> str:
@@ -255,9 +274,9 @@ def _summary(n: dict) -> str:
         _tile("quadrants planned", _fmt(c["planned"])),
         _tile("processed", _fmt(c["processed"])),
         _tile("good", _fmt(c["good"]), "green" if c["good"] else ""),
-        _tile(f"bad ({_fmt(c['bad_fraction'] and 100 * c['bad_fraction'], 1)}% of processed)",
+        _tile(f"bad ({_pct(c['bad_fraction'])}% of processed)",
               _fmt(c["bad"]), c["bad_colour"]),
-        _tile(f"failed ({_fmt(c['failure_fraction'] and 100 * c['failure_fraction'], 1)}% of planned)",
+        _tile(f"failed ({_pct(c['failure_fraction'])}% of planned)",
               _fmt(c["failed"]), c["failure_colour"]),
         _tile("pending", _fmt(c["pending"]), "amber" if c["pending"] else ""),
         _tile("median seeing [arcsec]", _fmt(m["seeing"]), mc["seeing"]),
@@ -315,7 +334,7 @@ def _failures(n: dict) -> str:
              _e(f.get("filter_code") or ""), _fmt(f["attempts"]), _e(f["reason"])]
             for f in n["failures"]]
     detail = _table(["stage", "expid", "CCD", "quadrant", "filter", "attempts", "reason"], rows,
-                    classes=[[""] * 6 + ["red"] for _ in rows])
+                    text=(0, 4, 6))
     return (f"<h3>Reasons</h3>{summary}<h3>Failed quadrants</h3>"
             f'<div class="scroll">{detail}</div>'
             '<p class="note">Full tracebacks: <code>processing.message</code>.</p>')
@@ -332,8 +351,9 @@ def _bad(n: dict) -> str:
 
 def _ledger(n: dict) -> str:
     raw = n["ledger"]["raw"]
-    rows = [[_e(t["imgtype"]), _fmt(t["files"]), _bytes(t["bytes"]), _bytes(t["uncompressed_bytes"]),
-             _fmt(t["compression_ratio"])] for t in raw["by_imgtype"]]
+    rows = [[_e(t["imgtype"]), _fmt(t["files"]), _bytes(t["bytes"]),
+             _bytes(t["uncompressed_bytes"]), _fmt(t["compression_ratio"])]
+            for t in raw["by_imgtype"]]
     rows.append(["<b>total</b>", _fmt(raw["files"]), _bytes(raw["total_bytes"]),
                  _bytes(raw["uncompressed_bytes"]), _fmt(raw["compression_ratio"])])
     raw_table = _table(["raw image type", "files", "bytes", "uncompressed", "compression"], rows,
@@ -355,7 +375,10 @@ def _ledger(n: dict) -> str:
             f"{check}. Uncompressed = the equivalent plain FITS file (headers + NAXIS1&times;NAXIS2"
             f"&times;|BITPIX|/8 per HDU), from the headers.</p>"
             f"<h3>Out: products by type</h3>{prod_table}"
-            f'<p class="note">Out / in = {ratio}. Scanned: sci/ and cal/ of the night, alerts/'
+            f'<p class="note">Out / in = {ratio}. '
+            f"{n['ledger']['sciimg_without_db_row']} sciimg.fits file(s) have no "
+            "<code>science_images</code> row (left by failed quadrants). Scanned: sci/ and "
+            "cal/ of the night, alerts/"
             f"{_e(n['night'])}, and the ref/ products of the quadrants observed (references are "
             "shared by every night of a field).</p>")
 
@@ -369,11 +392,14 @@ def _processing(n: dict) -> str:
     sc = pt["science_seconds"]
     rows.append(["science_images.seconds", _fmt(sc["n"]), "", _fmt(sc["total_s"], 1),
                  _fmt(sc["median_s"]), _fmt(sc["p95_s"]), _fmt(sc["max_s"]), ""])
+    hours = n["projection"].get("calibrate_core_hours_per_night")
     return (_table(["stage", "quadrants", "attempts", "total [s]", "median [s]", "p95 [s]",
-                    "max [s]", "outcome"], rows, left=1)
+                    "max [s]", "outcome"], rows, left=1, text=(7,))
             + '<p class="note">Stages: wall clock <code>finished_at - started_at</code> of the '
               "last attempt in <code>processing</code>; science_images.seconds: the time the "
-              "calibration stage measured itself.</p>")
+              "calibration stage measured itself. At tonight's rate a full night (same "
+              "assumptions as the projection below, time proportional to pixels) needs "
+              f"{_fmt(hours, 0)} core-hours of calibration.</p>")
 
 
 def _projection(n: dict) -> str:
@@ -388,7 +414,8 @@ def _projection(n: dict) -> str:
             f"nights per year, {a['quadrants_per_exposure']} readout quadrants per exposure "
             f"(tonight {_fmt(a['observed_quadrants_per_exposure'], 1)} per exposure: camera "
             f"scale &times;{_fmt(a['camera_scale'])}), full-size quadrants of "
-            f"{a['full_quadrant_pixels']:,} pixels (tonight {_fmt(a['observed_pixels_per_quadrant'], 0)}: "
+            f"{a['full_quadrant_pixels']:,} pixels (tonight "
+            f"{_fmt(a['observed_pixels_per_quadrant'], 0)}: "
             f"pixel scale &times;{_fmt(a['pixel_scale'])}). Raw object files, science products "
             f"and alerts scale with the number of exposures (tonight {a['exposures_tonight']}; "
             f"{_bytes(p['bytes_per_exposure_tonight'])} per exposure as observed); raw "
@@ -409,7 +436,7 @@ def _thresholds(n: dict) -> str:
                      f"between", f"{worse} {th['red']:g}", _e(th["doc"])])
     classes = [["", "", "green", "amber", "red", ""] for _ in rows]
     return _table(["quantity", "unit", "green", "amber", "red", "meaning"], rows, left=1,
-                  classes=classes)
+                  classes=classes, text=(5,))
 
 
 def render_html(numbers: dict, figures: dict[str, bytes]) -> str:
@@ -425,8 +452,9 @@ def render_html(numbers: dict, figures: dict[str, bytes]) -> str:
                         "limit per filter).</p>"
                         + _img("time_series.png", figures["time_series.png"], "time series")),
         "focal-plane": ('<p class="note">Night median per readout quadrant (all filters); grey: '
-                        "no data; outlined amber/red: median beyond the limit. Large digits: "
-                        "CCD number.</p>" + f'<div class="grid">{maps}</div>'),
+                        "no data; outlined amber/red: median beyond the limit; small label at the "
+                        "lower left of each CCD: its number.</p>"
+                        f'<div class="grid">{maps}</div>'),
         "exposures": _exposure_table(n),
         "candidates": _candidates(n, figures),
         "failures": _failures(n),
@@ -472,7 +500,11 @@ def make_night_report(night: str, config: ZsdsConfig, *, outdir: Path | None = N
     """
     if len(night) != 8 or not night.isdigit():
         raise ValueError(f"night {night!r} is not YYYYMMDD")
-    engine = engine_from_config(config)
+    url = config.database_url
+    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
+        raise ZsdsError(f"no database at {url.split('///', 1)[-1]}: nothing processed in "
+                        f"archive {config.archive.root}")
+    engine = make_engine(url)
     try:
         tables = read_night(engine, night)
     finally:
