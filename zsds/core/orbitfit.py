@@ -67,8 +67,8 @@ class OrbitFit:
     resid_ra, resid_dec : ndarray
         Residuals observed - computed, arcsec (RA residual times cos Dec).
     rms_arcsec : float
-        Root mean square of the 2N residual components times sqrt(2): the rms of the
-        residual distance.
+        Root mean square of the 2N residual components (RA cos Dec and Dec), arcsec; the
+        rms of the residual distance is sqrt(2) times this.
     success : bool
         The optimiser converged to a bound orbit.
     message : str
@@ -224,7 +224,7 @@ def _results(x, res, counts, m, epoch_mjd) -> list[OrbitFit]:
             out.append(OrbitFit(epoch_mjd, x[j].copy(), message="unbound orbit"))
             continue
         dra, ddec = res[j, :n].copy(), res[j, m:m + n].copy()
-        rms = float(np.sqrt(np.mean(dra**2 + ddec**2)))
+        rms = float(np.sqrt(np.mean(np.concatenate([dra, ddec]) ** 2)))
         out.append(OrbitFit(epoch_mjd, x[j].copy(), {k: float(v[pos[j]]) for k, v in el.items()},
                             dra, ddec, rms, bool(np.isfinite(rms)), "batch Levenberg-Marquardt"))
     return out
