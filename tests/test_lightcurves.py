@@ -158,7 +158,7 @@ def test_store_readable_by_pandas_pyarrow_dask_duckdb(tmp_path):
     assert len(pd.read_parquet(path)) == len(objects)
     assert ds.dataset(path, format="parquet", partitioning="hive").count_rows() == len(objects)
     assert len(dd.read_parquet(str(path)).compute()) == len(objects)
-    n = duckdb.sql(f"select count(*) from read_parquet('{path}/**/*.parquet')").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from read_parquet('{path}/**/*.parquet')").fetchall()[0][0]
     assert n == len(objects)
     assert (store.root / "objects" / "hats.properties").read_text().count("hats_order=12")
     assert (path / "_metadata").exists()

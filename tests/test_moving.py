@@ -162,7 +162,7 @@ def test_link_params_reject_a_false_link(survey):
 
 
 def test_mpc_record_columns():
-    line = mpc.format_observation(2461365.8 + 0.123456 / 86400.0 * 0, 75.123456, -20.5,
+    line = mpc.format_observation(2461365.8, 75.123456, -20.5,
                                   mag=19.53, fid=2, designation="2026 WA12", discovery=True)
     assert len(line) == 80
     assert line[0:5] == "     "

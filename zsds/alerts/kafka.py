@@ -140,6 +140,20 @@ class AlertDistributor:
             self._wake_sender()
         return candids
 
+    def publish_serialized(self, alerts) -> list[int]:
+        """Archive and spool alerts already serialised (``.candid, .object_id, .jd,
+        .programid, .data``), e.g. built on Dask workers by :mod:`zsds.stages.alerts`."""
+        entries, candids = [], []
+        for a in alerts:
+            night = night_of_jd(a.jd)
+            _write_atomic(archive_path(self.root, night, a.programid, a.candid), a.data)
+            entries.append((a.candid, topic_name(night, a.programid), a.object_id.encode(), a.data))
+            candids.append(a.candid)
+        if self.spool is not None and entries:
+            self.spool.add(entries)
+            self._wake_sender()
+        return candids
+
     def drain(self, timeout: float | None = None) -> int:
         """Wait until the spool is empty or ``timeout`` s passed; returns entries pending."""
         if self.spool is None:

@@ -48,6 +48,10 @@ def padded_shape(shape, primes: tuple[int, ...] = (2, 3, 5)) -> tuple[int, ...]:
     return tuple(fast_size(n, primes) for n in shape)
 
 
+#: Planner flag of the pipeline's plans (deterministic; see :class:`FFTPlans`).
+DEFAULT_EFFORT = "FFTW_ESTIMATE"
+
+
 class FFTPlans:
     """Forward (real -> complex) and inverse plans of one 2-D shape.
 
@@ -60,7 +64,11 @@ class FFTPlans:
     threads : int
         FFTW threads (the pipeline passes ``processing.fft_threads``).
     effort : str
-        FFTW planner flag, ``"FFTW_MEASURE"`` by default.
+        FFTW planner flag, :data:`DEFAULT_EFFORT` by default. ``FFTW_MEASURE`` times
+        candidate algorithms, so two processes may pick different plans whose results
+        differ in the last bits; a candidate at the S_corr threshold can then flip between
+        runs. ``FFTW_ESTIMATE`` picks the plan deterministically: reprocessing (and a SLURM
+        versus a local run) gives bit-identical products.
 
     Attributes
     ----------
@@ -68,7 +76,7 @@ class FFTPlans:
         Transforms executed by these plans since construction (forward + inverse).
     """
 
-    def __init__(self, shape, dtype=np.float32, threads: int = 1, effort: str = "FFTW_MEASURE"):
+    def __init__(self, shape, dtype=np.float32, threads: int = 1, effort: str = DEFAULT_EFFORT):
         if len(shape) != 2 or min(shape) < 2:
             raise ValueError(f"shape must be 2-D with sizes >= 2, got {shape!r}")
         self.shape = tuple(int(n) for n in shape)

@@ -84,9 +84,10 @@ _OWN = [
     ("mjd_last", "d", "MJD of the last good detection"),
     ("pos_rms_arcsec", "arcsec", "RMS distance of the detections from their mean position"),
     ("ls_freq_1", "1/d", "frequency of the highest Lomb-Scargle peak (nifty-ls, standard "
-                         "normalisation, floating mean, errors as weights), refined on a fine grid"),
+                         "normalisation, floating mean, errors as weights), refined on a fine grid "
+                         "with a two-harmonic model (non-sinusoidal shapes)"),
     ("ls_period_1", "d", "1 / ls_freq_1"),
-    ("ls_power_1", "", "Lomb-Scargle power of peak 1 (0..1)"),
+    ("ls_power_1", "", "Lomb-Scargle power of peak 1 on the coarse grid (0..1)"),
     ("ls_period_2", "d", "period of the second highest peak further than 1/baseline from peak 1"),
     ("ls_power_2", "", "power of peak 2"),
     ("ls_period_3", "d", "period of the third highest distinct peak"),
@@ -120,20 +121,39 @@ class MetricsParams:
     """Settings of the metrics (periodogram grid, pairing of Stetson J)."""
 
     def __init__(self, *, min_period_d: float = 0.05, max_period_baselines: float = 2.0,
-                 samples_per_peak: int = 10, refine_points: int = 200, pair_dt_d: float = 0.1,
-                 min_points: int = 5):
+                 samples_per_peak: int = 10, refine_points: int = 100, pair_dt_d: float = 0.1,
+                 min_points: int = 5, refine_nterms: int = 2):
         self.min_period_d = min_period_d
         self.max_period_baselines = max_period_baselines
         self.samples_per_peak = samples_per_peak
         self.refine_points = refine_points
         self.pair_dt_d = pair_dt_d
         self.min_points = min_points
+        self.refine_nterms = refine_nterms
 
 
 def _ls_power(t, y, dy, fmin, fmax, nf):
     import nifty_ls
     res = nifty_ls.lombscargle(t, y, dy, fmin=fmin, fmax=fmax, Nf=nf, normalization="standard")
     return res.freq(), np.asarray(res.power, float)
+
+
+def _harmonic_power(t, y, dy, freqs, nterms):
+    """Multi-harmonic periodogram, 1 - chi2(f) / chi2_0, by batched weighted least squares.
+
+    Plain numpy (pseudo-inverse), so degenerate samplings give a poor fit, never an abort.
+    """
+    w = 1.0 / dy**2
+    phase = 2 * np.pi * freqs[:, None] * t[None, :]
+    cols = [np.ones_like(phase)]
+    for k in range(1, nterms + 1):
+        cols += [np.sin(k * phase), np.cos(k * phase)]
+    a = np.stack(cols, axis=-1) * np.sqrt(w)[None, :, None]          # (F, N, P)
+    b = y * np.sqrt(w)
+    coef = np.einsum("fpn,n->fp", np.linalg.pinv(a), b)
+    chi2 = np.sum((b[None, :] - np.einsum("fnp,fp->fn", a, coef)) ** 2, axis=1)
+    chi2_0 = np.sum(w * (y - np.sum(w * y) / np.sum(w)) ** 2)
+    return 1.0 - chi2 / chi2_0
 
 
 def _peaks(freq, power, sep):
@@ -175,6 +195,8 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
     if len(t) < p.min_points or base <= 0:
         return out
     fmin, fmax = 1.0 / (p.max_period_baselines * base), 1.0 / p.min_period_d
+    if fmin >= fmax:
+        return out
     nf = int(np.ceil((fmax - fmin) * base * p.samples_per_peak)) + 1
     t0 = t - t.min()
     freq, power = _ls_power(t0, y, dy, fmin, fmax, nf)
@@ -187,9 +209,10 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
     refined = []
     for i in peaks:
         f_lo, f_hi = max(freq[i] - df, fmin * 0.5), freq[i] + df
-        ff, pp = _ls_power(t0, y, dy, f_lo, f_hi, p.refine_points)
+        ff = np.linspace(f_lo, f_hi, p.refine_points)
+        pp = _harmonic_power(t0, y, dy, ff, p.refine_nterms)
         k = int(np.nanargmax(pp))
-        refined.append((ff[k], pp[k]))
+        refined.append((ff[k], power[i]))
     med = float(np.median(power))
     mad = 1.4826 * float(np.median(np.abs(power - med)))
     out.update(ls_freq_1=refined[0][0], ls_period_1=1.0 / refined[0][0], ls_power_1=refined[0][1],

@@ -28,7 +28,7 @@ __all__ = ["QuadrantJob", "QuadrantOutcome", "NightPlan", "plan_night", "run_nig
 log = logging.getLogger(__name__)
 
 #: Per-quadrant stages, in order.
-STAGES = ("calibrate",)
+STAGES = ("calibrate", "subtract", "alerts")
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,21 @@ def plan_night(night: str, config: ZsdsConfig, *, force: bool = False,
 
 def _run_stages(config: ZsdsConfig, job: QuadrantJob, engine) -> dict:
     from ..stages.calibrate import calibrate_job
-    qa = {}
+    qa: dict = {}
+    records: list = []
+    res: dict = {}
     for stage in STAGES:
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "running")
         if stage == "calibrate":
             qa.update(calibrate_job(config, job, engine))
+        elif stage == "subtract":
+            from ..stages.subtract import subtract_job
+            res = subtract_job(config, job, engine)
+            qa.update({k: v for k, v in res.items() if k != "candidates"})
+            records = res.get("candidates", [])
+        elif stage == "alerts":
+            from ..stages.alerts import build_alerts
+            qa["alerts"] = build_alerts(engine, records, res["cutouts_path"]) if records else []
         note = None if qa.get("status", 1) == 1 else "image judged bad (STATUS=0); later stages skipped"
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "done", note)
         if note:
@@ -271,14 +281,17 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
     for j in plan.todo:
         expected[j.expid] += 1
     outcomes: list[QuadrantOutcome] = []
+    n_alerts = 0
     if plan.todo:
-        with open_client(config) as client:
+        from ..alerts.kafka import AlertDistributor
+        with open_client(config) as client, AlertDistributor(config) as alerts:
             log.info("Dask dashboard: %s", getattr(client, "dashboard_link", "n/a"))
             futures = [client.submit(process_quadrant, config, j, key=j.key, pure=False)
                        for j in plan.todo]
             bar = tqdm(total=len(futures), unit="quad", desc=f"night {night}", disable=not progress)
             for fut in as_completed(futures):
                 out = fut.result()
+                n_alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
                 outcomes.append(out)
                 bar.update(1)
                 by_exposure[out.job.expid].append(out)
@@ -287,6 +300,11 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
                 if on_progress is not None:
                     on_progress(len(outcomes), client)
             bar.close()
+            pending = alerts.drain(timeout=60.0)
+            if pending:
+                log.warning("%d alerts still spooled (broker unreachable?); they will be sent "
+                            "by the next run or `zsds alerts` sender", pending)
+    log.info("night %s: %d alerts published", night, n_alerts)
     report = NightReport(night, outcomes, len(plan.done), time.perf_counter() - t0)
     log.info(report.summary())
     return report

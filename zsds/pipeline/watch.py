@@ -69,14 +69,16 @@ def _is_raw_name(path: Path) -> bool:
 class WatchReport:
     files: int = 0
     quadrants: int = 0
+    alerts: int = 0
     latencies_s: list = field(default_factory=list)
 
     def summary(self) -> str:
         if not self.latencies_s:
-            return f"watch: {self.files} files, {self.quadrants} quadrants"
+            return f"watch: {self.files} files, {self.quadrants} quadrants, {self.alerts} alerts"
         lat = sorted(self.latencies_s)
         p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
-        return (f"watch: {self.files} files, {self.quadrants} quadrants; landing-to-done latency "
+        return (f"watch: {self.files} files, {self.quadrants} quadrants, {self.alerts} alerts; "
+                f"landing-to-alerts-acknowledged latency "
                 f"p50 {p50:.1f} s, p95 {p95:.1f} s")
 
 
@@ -137,7 +139,8 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
     calibrated_nights: set = set()
     landed_at: dict = {}
     last_new = time.monotonic()
-    with open_client(config) as client:
+    from ..alerts.kafka import AlertDistributor
+    with open_client(config) as client, AlertDistributor(config) as alerts:
         pending = as_completed(with_results=False)
         log.info("watching %s (dashboard %s)", incoming, getattr(client, "dashboard_link", "n/a"))
         while True:
@@ -156,6 +159,8 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
                     pending.add(fut)
             for fut in _ready(pending):
                 out = fut.result()
+                report.alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
+                alerts.drain(timeout=5.0)  # with a broker: until acknowledged
                 report.quadrants += 1
                 latency = time.time() - landed_at.pop(fut.key, time.time())
                 report.latencies_s.append(latency)

@@ -102,7 +102,7 @@ class LightcurveParams:
 
     match_radius_arcsec: float = 1.5          #: detection-to-object match radius
     orphan_radius_arcsec: float = 1.5         #: friends-of-friends radius of epochal-only sources
-    pixels_per_partition: int = 100           #: HEALPix order choice, see lcstore.choose_order
+    pixels_per_partition: int = 200           #: HEALPix order choice, see lcstore.choose_order
     refine: lcrefine.RefineParams = field(default_factory=lcrefine.RefineParams)
 
 

@@ -202,11 +202,11 @@ def link_moving_objects(config_or_tables, nights, client=None, *, candidates=Non
         cands.loc[np.flatnonzero(free_mask)[t["rows"]], "track_id"] = rec.track_id
     cands["stationary"] = False
     cands.loc[free_mask, "stationary"] = unknown["stationary"].to_numpy()
-    table.attrs["candidates"] = cands
     log.info("nights %s: %d candidates, %d tagged known, %d tracks", ",".join(nights),
              len(cands), int((~free_mask).sum()), len(table))
     if config is not None and write:
         _write(table, unknown, config.archive.root, max(nights))
+    table.attrs["candidates"] = cands
     return table
 
 

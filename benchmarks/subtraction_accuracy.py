@@ -1,0 +1,152 @@
+"""Subtraction and candidate-extraction accuracy on simulated pipeline images with truth.
+
+Prepare (see the issue): ``zsds simulate OUT/incoming ... --transients 40``, run night 1,
+``zsds refimg build --min-frames 5``, run night 2; then::
+
+    python benchmarks/subtraction_accuracy.py OUT [--night 20261122] [--model PATH]
+
+For every science image of the night: :func:`zsds.stages.subtract.subtract_images` against
+the quadrant's reference, then against the truth (``truth/sources/<night>/<expid>_cCC_qQ``):
+
+* S_corr mean/std over source-free pixels;
+* injected transients: expected difference flux = flux in the science image minus the mean
+  flux in the reference's input images (night 1, scaled by the zero points), true S/N =
+  expected flux / the stage's flux error at that position; completeness vs true S/N (a kept
+  candidate within 1.5 px), flux bias and normalised residuals;
+* false candidates: kept candidates farther than 2 px from every transient and asteroid,
+  before and after the rb threshold that keeps >= 95% of the transients at S/N >= 7; scaled
+  to a full-size quadrant (3072 x 3080 px) by area;
+* held-out AUC / FPR of the shipped model (stored in the model file by ``zsds rb train``);
+* time per quadrant and FFT count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from zsds.core import realbogus
+from zsds.stages.subtract import subtract_images
+
+FULL_AREA = 3072 * 3080
+
+
+def _ref_inputs(ref_dir: Path) -> list[str]:
+    log = next(ref_dir.glob("*refimlog.txt")).read_text().splitlines()
+    return [ln.split()[3] for ln in log if ln.startswith("input pid")]
+
+
+def _truth(sim: Path, night: str, expid: int, ccd: int, qid: int) -> pd.DataFrame:
+    return pd.read_parquet(sim / "incoming" / "truth" / "sources" / night / f"{expid}_c{ccd:02d}_q{qid}.parquet")
+
+
+def _ref_flux(sim: Path, archive: Path, inputs, zp_sci) -> pd.Series:
+    """Mean transient flux over the reference inputs, in science DN (by source_id)."""
+    parts = []
+    for rel in inputs:
+        h = fits.getheader(archive / rel)
+        night = "".join(rel.split("/")[1:3])
+        t = _truth(sim, night, int(h["EXPID"]),
+                   int(h["CCD_ID"]), int(h["QID"]))
+        t = t[t.kind == "transient"].set_index("source_id")["flux_dn"]
+        parts.append(t * 10 ** (0.4 * (zp_sci - float(h["MAGZP"]))))
+    return pd.concat(parts, axis=1).fillna(0.0).mean(axis=1)
+
+
+def _match(cx, cy, tx, ty, radius):
+    if len(cx) == 0 or len(tx) == 0:
+        return np.full(len(tx), -1), np.zeros(len(cx), bool)
+    d = np.hypot(np.asarray(cx)[None] - np.asarray(tx)[:, None], np.asarray(cy)[None] - np.asarray(ty)[:, None])
+    best = np.where(d.min(1) <= radius, d.argmin(1), -1)
+    near = d.min(0) <= radius
+    return best, near
+
+
+def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inputs, model) -> dict:
+    t0 = time.perf_counter()
+    r = subtract_images(sci_path, ref_path, model_path=model)
+    seconds = time.perf_counter() - t0
+    h = fits.getheader(sci_path)
+    night = sci_path.parts[-4] + sci_path.parts[-3]
+    truth = _truth(sim, night, int(h["EXPID"]), int(h["CCD_ID"]), int(h["QID"]))
+    tr = truth[truth.kind == "transient"].set_index("source_id")
+    ref_f = _ref_flux(sim, archive, inputs, float(h["MAGZP"])).reindex(tr.index).fillna(0.0)
+    expected = tr["flux_dn"] - ref_f
+    z, c = r.zogy, r.candidates
+    yi = np.clip(np.rint(tr["y"]).astype(int), 0, z.S.shape[0] - 1)
+    xi = np.clip(np.rint(tr["x"]).astype(int), 0, z.S.shape[1] - 1)
+    err = np.sqrt(np.asarray(z.S_var)[yi, xi]) * z.s_to_flux
+    inside = r.footprint[yi, xi] & (xi > 12) & (yi > 12) & (xi < z.S.shape[1] - 13) & (yi < z.S.shape[0] - 13)
+    kept = c[np.asarray(c["index"]) >= 0]
+    best, _ = _match(kept["xpos"], kept["ypos"], tr["x"], tr["y"], 1.5)
+    ast = truth[truth.kind == "asteroid"]
+    allx, ally = np.r_[tr["x"], ast["x"]], np.r_[tr["y"], ast["y"]]
+    _, near_real = _match(kept["xpos"], kept["ypos"], allx, ally, 2.0)
+    meas = np.where(best >= 0, np.asarray(kept["flux"])[np.clip(best, 0, None)] *
+                    np.where(np.asarray(kept["isdiffpos"])[np.clip(best, 0, None)] == "t", 1, -1), np.nan)
+    merr = np.where(best >= 0, np.asarray(kept["flux_err"])[np.clip(best, 0, None)], np.nan)
+    rb = np.where(best >= 0, np.asarray(kept["rb"])[np.clip(best, 0, None)], np.nan)
+    return {"seconds": seconds, "n_fft": r.qa["n_fft"], "scorr_mean": r.qa["scorr_mean"],
+            "scorr_std": r.qa["scorr_std"], "area": float(r.footprint.sum()),
+            "snr": (np.abs(expected) / err)[inside].to_numpy(), "found": (best >= 0)[inside],
+            "true_flux": expected[inside].to_numpy(), "flux": meas[inside], "flux_err": merr[inside],
+            "rb_real": rb[inside], "rb_false": np.asarray(kept["rb"])[~near_real],
+            "n_false": int((~near_real).sum()), "qa": r.qa}
+
+
+def summarise(rows: list[dict], model_meta: dict) -> dict:
+    cat = {k: np.concatenate([r[k] for r in rows]) for k in ("snr", "found", "true_flux", "flux",
+                                                              "flux_err", "rb_real", "rb_false")}
+    snr, found = cat["snr"], cat["found"].astype(bool)
+    bins = [(3, 5), (5, 6), (6, 7), (7, 10), (10, 20), (20, 1e9)]
+    comp = {f"{a}-{b:g}": [int(found[(snr >= a) & (snr < b)].sum()), int(((snr >= a) & (snr < b)).sum())]
+            for a, b in bins}
+    good = found & (snr >= 10)
+    rel = (cat["flux"][good] - cat["true_flux"][good]) / np.abs(cat["true_flux"][good])
+    norm = (cat["flux"][found & (snr >= 5)] - cat["true_flux"][found & (snr >= 5)]) / cat["flux_err"][found & (snr >= 5)]
+    sel7 = found & (snr >= 7)
+    thr = float(np.quantile(cat["rb_real"][sel7], 0.05, method="lower")) if sel7.any() else 0.0
+    area = sum(r["area"] for r in rows)
+    n_false = sum(r["n_false"] for r in rows)
+    n_false_rb = int((cat["rb_false"] >= thr).sum())
+    return {"images": len(rows), "completeness_by_true_snr": comp,
+            "completeness_snr_ge_7": float(found[snr >= 7].mean()),
+            "completeness_snr_5_7": float(found[(snr >= 5) & (snr < 7)].mean()),
+            "flux_bias_median_snr_ge_10": float(np.median(rel)), "n_flux": int(good.sum()),
+            "norm_resid_std_robust": float(1.4826 * np.median(np.abs(norm - np.median(norm)))),
+            "norm_resid_std": float(np.std(norm)), "norm_resid_mean": float(np.mean(norm)),
+            "rb_threshold_95": thr,
+            "rb_kept_fraction_snr_ge_7": float(np.mean(cat["rb_real"][sel7] >= thr)),
+            "false_per_full_quadrant_before_rb": n_false * FULL_AREA / area,
+            "false_per_full_quadrant_after_rb": n_false_rb * FULL_AREA / area,
+            "scorr_mean": [round(r["scorr_mean"], 3) for r in rows],
+            "scorr_std": [round(r["scorr_std"], 3) for r in rows],
+            "seconds_per_512x520": float(np.median([r["seconds"] for r in rows])),
+            "n_fft": rows[0]["n_fft"], "heldout_synthetic": model_meta.get("heldout")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sim", type=Path)
+    ap.add_argument("--night", default="20261122")
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args(argv)
+    archive = args.sim / "archive"
+    ref_path = Path(glob.glob(str(archive / "ref/*/*/*/*/*/*refimg.fits"))[0])
+    inputs = _ref_inputs(ref_path.parent)
+    scis = sorted((archive / "sci" / args.night[:4] / args.night[4:]).glob("*/*sciimg.fits"))
+    rows = [evaluate_image(args.sim, archive, p, ref_path, inputs, args.model) for p in scis]
+    default = Path(realbogus.__file__).parent.parent / "data" / realbogus.DEFAULT_MODEL
+    meta = json.loads(Path(args.model or default).read_text())
+    print(json.dumps(summarise(rows, meta), indent=1))
+
+
+if __name__ == "__main__":
+    main()

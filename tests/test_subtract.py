@@ -1,0 +1,121 @@
+"""Subtraction stage kernels: forced photometry, candidate detection/features, filters, products."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from zogyfactory import gaussian_stamp, make_pair
+from zsds.core import candidates as cands
+from zsds.core import zogy
+from zsds.core.forcedphot import FORCED_FLAGS, forced_photometry, shifted_psf
+
+
+def test_shifted_psf_centroid():
+    p = gaussian_stamp(2.5, 10)
+    s = shifted_psf(p, [0.3, -0.4], [0.0, 0.25])
+    k = np.arange(-10, 11)
+    assert np.allclose((s * k[None, None, :]).sum((1, 2)), [0.3, -0.4], atol=0.01)
+    assert np.allclose((s * k[None, :, None]).sum((1, 2)), [0.0, 0.25], atol=0.01)
+
+
+def test_forced_photometry_unbiased():
+    rng = np.random.default_rng(2)
+    p = gaussian_stamp(2.5, 10)
+    img = np.zeros((200, 200))
+    gx, gy = np.meshgrid(np.arange(25, 180, 30), np.arange(25, 180, 30))
+    xs, ys = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size), gy.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    for x, y in zip(xs, ys):
+        xi, yi = int(round(x)), int(round(y))
+        img[yi - 10:yi + 11, xi - 10:xi + 11] += 500 * shifted_psf(p, [x - xi], [y - yi])[0]
+    img += rng.normal(0, 1.0, img.shape)
+    fp = forced_photometry(img, p, 1.0, np.c_[xs, ys])
+    assert abs(np.median(fp.flux) / 500 - 1) < 0.01
+    assert abs(np.std((fp.flux - 500) / fp.err) - 1) < 0.3
+    off = forced_photometry(img, p, 1.0, [[-5.0, 3.0]])
+    assert off.flags[0] & FORCED_FLAGS["OFF_IMAGE"]
+
+
+@pytest.fixture(scope="module")
+def subtraction():
+    pair = make_pair((256, 256), n_stars=80, fwhm_ref=2.2, fwhm_new=3.0, n_transients=12,
+                     snr=(12.0, 40.0), seed=4)
+    z = zogy.zogy_subtract(pair.new, pair.ref, pair.psf_new, pair.psf_ref,
+                           sigma_new=pair.sigma_new, sigma_ref=pair.sigma_ref,
+                           flux_zp_ref=pair.flux_zp_ref, var_new=pair.var_new, var_ref=pair.var_ref)
+    bad = np.zeros(pair.new.shape, bool)
+    im = cands.DifferenceImages(D=z.D, S=z.S, S_corr=z.S_corr, S_var=z.S_var, D_flux=z.D_flux,
+                                var_flux=float((1 / z.F_D) ** 2), P_D=z.P_D, s_to_flux=z.s_to_flux,
+                                bad=bad, zp=25.0)
+    return pair, z, im
+
+
+def test_detect_and_measure(subtraction):
+    pair, z, im = subtraction
+    excl = np.zeros(z.D.shape, bool)
+    excl[:12], excl[-12:], excl[:, :12], excl[:, -12:] = True, True, True, True
+    y, x, sign = cands.detect_peaks(z.S_corr, exclude=excl)
+    assert np.all(np.diff(y * 10000 + x) > 0)  # sorted by position
+    lim = cands.diffmaglim(z.S_var, z.s_to_flux, 25.0)
+    t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
+    idx, dist = cands.match_reference(pair.tr_x, pair.tr_y, t["xpos"], t["ypos"], max_dist=1.5)
+    assert np.all(idx >= 0)  # every transient found
+    m = t[idx]
+    assert np.all((m["isdiffpos"] == "t") == (pair.tr_flux_new > 0))
+    flux = np.where(m["isdiffpos"] == "t", 1, -1) * m["flux"]
+    assert abs(np.median(flux / pair.tr_flux_new) - 1) < 0.03
+    assert np.all(m["nbad"] == 0) and np.all(m["elong"] < 1.6)
+    assert np.median(np.abs(m["magdiff"])) < 0.15
+    bits = cands.filter_candidates(m, cands._psf_fwhm(z.P_D))
+    assert np.mean(bits == 0) >= 0.9
+
+
+def test_filter_rejects_cosmic_ray(subtraction):
+    pair, z, im = subtraction
+    new = pair.new.copy()
+    new[100, 100] += 800.0
+    z2 = zogy.zogy_subtract(new, pair.ref, pair.psf_new, pair.psf_ref, sigma_new=pair.sigma_new,
+                            sigma_ref=pair.sigma_ref, flux_zp_ref=pair.flux_zp_ref)
+    im2 = cands.DifferenceImages(D=z2.D, S=z2.S, S_corr=z2.S_corr, S_var=z2.S_var, D_flux=z2.D_flux,
+                                 var_flux=float((1 / z2.F_D) ** 2), P_D=z2.P_D,
+                                 s_to_flux=z2.s_to_flux, bad=np.zeros(new.shape, bool), zp=25.0)
+    t = cands.measure_candidates(im2, np.array([100]), np.array([100]), np.array([1]),
+                                 diffmaglim_value=20.0)
+    assert cands.filter_candidates(t, cands._psf_fwhm(z2.P_D))[0] != 0
+
+
+def _write(path, data, wcs, zp, extra=None):
+    h = wcs.to_header()
+    h["MAGZP"], h["GAIN"], h["SATURATE"] = zp, 5.0, 1e9
+    for k, v in (extra or {}).items():
+        h[k] = v
+    fits.PrimaryHDU(data.astype(np.float32), h).writeto(path)
+
+
+def test_subtract_images_products(tmp_path):
+    from zsds.stages.subtract import read_cutouts, subtract_images
+
+    pair = make_pair((200, 210), n_stars=120, fwhm_ref=2.2, fwhm_new=2.8, n_transients=6,
+                     snr=(15.0, 40.0), seed=5)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [50.0, 30.0], [100.0, 105.0], [-2.8e-4, 2.8e-4]
+    zp_ref = 25.0 + 2.5 * np.log10(pair.flux_zp_ref)
+    _write(tmp_path / "x_sciimg.fits", pair.new + 100.0, w, 25.0)
+    _write(tmp_path / "x_refimg.fits", pair.ref, w, zp_ref)
+    for name, p in (("sci.psf.fits", pair.psf_new), ("ref.psf.fits", pair.psf_ref)):
+        fits.PrimaryHDU(p).writeto(tmp_path / name)
+    r = subtract_images(tmp_path / "x_sciimg.fits", tmp_path / "x_refimg.fits",
+                        sci_psf=tmp_path / "sci.psf.fits", ref_psf=tmp_path / "ref.psf.fits",
+                        out_dir=tmp_path / "out")
+    assert abs(r.qa["scorr_mean"]) < 0.1 and abs(r.qa["scorr_std"] - 1) < 0.1
+    kept = r.candidates[r.candidates["index"] >= 0]
+    idx, _ = cands.match_reference(pair.tr_x, pair.tr_y, kept["xpos"], kept["ypos"], max_dist=1.5)
+    assert np.mean(idx >= 0) >= 5 / 6
+    with fits.open(r.paths["scimrefdiffimg.fits.fz"]) as h:
+        assert h[1].header["MAGZP"] == 25.0 and isinstance(h[1], fits.CompImageHDU)
+    cut = read_cutouts(r.paths["diffimcutouts.fits"])
+    assert set(cut) == set(int(i) for i in kept["index"]) and cut[0][2].shape == (63, 63)
+    again = subtract_images(tmp_path / "x_sciimg.fits", tmp_path / "x_refimg.fits",
+                            sci_psf=tmp_path / "sci.psf.fits", ref_psf=tmp_path / "ref.psf.fits")
+    assert np.array_equal(again.candidates["xpos"], r.candidates["xpos"])

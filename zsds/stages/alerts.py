@@ -1,0 +1,58 @@
+"""Alert packets of a quadrant's candidates (ZTF deliverable 6), built on the worker.
+
+Public entry point: :func:`build_alerts`. For every candidate the subtraction stage kept, it
+reads the 30-day history at the position from the database (previous detections within
+1.5 arcsec and upper limits of the images that covered it), takes the three cutouts, builds
+the packet in the official schema and serialises it (one Avro container per alert, schema
+embedded). Publishing (archive, spool, Kafka) happens once, in the process that runs the
+night (:class:`zsds.alerts.kafka.AlertDistributor`), so one producer and one spool writer
+serve the whole night.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..alerts.history import history_for
+from ..alerts.packet import make_alert, serialize_alert
+
+__all__ = ["SerializedAlert", "build_alerts"]
+
+
+@dataclass(frozen=True)
+class SerializedAlert:
+    """One alert ready to publish."""
+
+    candid: int
+    object_id: str
+    jd: float
+    programid: int
+    data: bytes
+
+
+def build_alerts(engine, records: list[dict], cutouts_path) -> list[SerializedAlert]:
+    """Serialised alert packets of candidate records from :func:`zsds.stages.subtract.subtract_job`.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        Operations database (history and upper limits).
+    records : list of dict
+        Candidate records (ZTF field names, ``candid``, ``objectId``, ``index``).
+    cutouts_path : path-like
+        The quadrant's ``diffimcutouts.fits``.
+    """
+    from .subtract import read_cutouts
+
+    if not records:
+        return []
+    cutouts = read_cutouts(cutouts_path)
+    out = []
+    with engine.connect() as conn:
+        for rec in records:
+            prv = history_for(conn, rec["ra"], rec["dec"], rec["jd"])
+            packet = make_alert(rec, cutouts[rec["index"]], prv_candidates=prv, fp_hists=[],
+                                object_id=rec["objectId"])
+            out.append(SerializedAlert(int(packet["candid"]), packet["objectId"], float(rec["jd"]),
+                                       int(rec["programid"]), serialize_alert(packet)))
+    return out
