@@ -171,13 +171,12 @@ def test_choose_order_scales_with_quadrant_area():
 
 # -- the stage on simulated data --------------------------------------------------------------
 @pytest.fixture(scope="session")
-def lcdata():
-    """A small processed data set (2 nights x 4 exposures), cached under /tmp."""
+def lcdata(tmp_path_factory):
+    """A small processed data set (2 nights x 4 exposures), built once per test session."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import lightcurve_accuracy as bench
 
-    work = Path("/tmp/zsds-lctest-2x4")
-    work.mkdir(exist_ok=True)
+    work = tmp_path_factory.mktemp("lcdata")
     bench.prepare(work, nights=2, exposures=4, seed=11)
     return work, bench
 

@@ -44,7 +44,12 @@ def test_night_processes_every_quadrant_once(night):
     assert report.count("done") == 3          # the rendered quadrant of 3 exposures
     assert report.count("bad") == 9           # blank quadrants: judged bad, with reasons
     proc = _sql(config, "select * from processing")
-    assert len(proc) == 12 and (proc.status == "done").all() and (proc.attempts == 1).all()
+    # good quadrants run every stage (no reference yet: subtraction notes it, no alerts);
+    # bad ones stop after calibration
+    assert (proc.status == "done").all() and (proc.attempts == 1).all()
+    stages = proc.groupby("qid").stage.nunique()
+    assert stages[3] == 3 and (stages.drop(3) == 1).all()
+    assert len(proc) == 3 * 3 + 9
     sci = _sql(config, "select * from science_images")
     assert len(sci) == 12 and sci.pid.is_unique
     bad = sci[sci.qid != 3]
@@ -93,6 +98,7 @@ def test_rerun_skips_done_and_force_reprocesses_without_duplicates(night):
     assert forced.count("failed") == 0
     assert len(_sql(config, "select * from science_images")) == 12
     assert (_sql(config, "select attempts from processing").attempts == 2).all()
+    assert len(_sql(config, "select * from processing")) == 18
 
 
 def test_plan_and_run_night_cli(night):

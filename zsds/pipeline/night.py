@@ -122,6 +122,16 @@ def _calibration_summary(engine, jobs: list[QuadrantJob]) -> dict:
     return out
 
 
+_BAD_NOTE = "image judged bad (STATUS=0); later stages skipped"
+
+
+def _is_done(first: dict | None, last: dict | None) -> bool:
+    """A quadrant is done when its last stage is, or when it was judged bad after the first."""
+    if last is not None and last["status"] == "done":
+        return True
+    return first is not None and first["status"] == "done" and (first["message"] or "") == _BAD_NOTE
+
+
 def plan_night(night: str, config: ZsdsConfig, *, force: bool = False,
                ccds: list[int] | None = None, quads: list[int] | None = None) -> NightPlan:
     """What ``run_night`` would do, from the database (no processing, no writes).
@@ -137,16 +147,19 @@ def plan_night(night: str, config: ZsdsConfig, *, force: bool = False,
     if not jobs:
         raise NoWorkFound(f"night {night}: no object exposures registered; ingest its raw files "
                           "first (zsds ingest DIR or zsds run-night --incoming DIR)")
-    state = processing_state(engine, STAGES[-1], night)
+    last = processing_state(engine, STAGES[-1], night)
+    first = processing_state(engine, STAGES[0], night)
     done, failed, todo = [], [], []
     for j in jobs:
-        row = state.get((j.expid, j.ccd_id, j.qid))
-        if row and row["status"] == "done" and not force:
+        key = (j.expid, j.ccd_id, j.qid)
+        if not force and _is_done(first.get(key), last.get(key)):
             done.append(j)
-        else:
-            if row and row["status"] in ("failed", "bad"):
+            continue
+        for row in (last.get(key), first.get(key)):
+            if row and row["status"] == "failed":
                 failed.append((j, row["message"] or ""))
-            todo.append(j)
+                break
+        todo.append(j)
     return NightPlan(night, todo, done, failed, _calibration_summary(engine, jobs))
 
 
@@ -167,7 +180,7 @@ def _run_stages(config: ZsdsConfig, job: QuadrantJob, engine) -> dict:
         elif stage == "alerts":
             from ..stages.alerts import build_alerts
             qa["alerts"] = build_alerts(engine, records, res["cutouts_path"]) if records else []
-        note = None if qa.get("status", 1) == 1 else "image judged bad (STATUS=0); later stages skipped"
+        note = None if qa.get("status", 1) == 1 else _BAD_NOTE
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "done", note)
         if note:
             break
