@@ -388,20 +388,35 @@ class PSFModel:
 
 
 def select_psf_stars(cat, shape, half, *, snr_min=50.0, isolation=None, max_stars=300,
-                     peak_max=None):
+                     peak_max=None, neighbour_frac=0.01, min_wanted=40):
     """Indices of isolated, bright, unsaturated point sources in an aperture catalogue.
 
     Stars: ``class_star > 0.9`` and stellarity within 10% of 1; S/N in the 5.66 px aperture
     above ``snr_min``; none of the bits of saturation, edge, bad pixels, blending; at least
     ``half + 2`` pixels from the border; no other object within ``isolation`` pixels
-    (default ``half``) brighter than 1% of the star, and none at all within 4 pixels.
+    (default ``half``) brighter than ``neighbour_frac`` of the star, and none at all within
+    4 pixels. In crowded fields, where fewer than ``min_wanted`` stars pass, the neighbour
+    limit is relaxed to 5% and then 20% (a faint neighbour only touches the PSF wings), and
+    in sparse fields the S/N limit to 20.
     The brightest ``max_stars`` are returned.
     """
+    for snr, frac in ((snr_min, neighbour_frac), (snr_min, 0.05), (snr_min, 0.2),
+                      (min(snr_min, 20.0), 0.2)):
+        idx = _psf_star_candidates(cat, shape, half, snr, isolation, peak_max, frac)
+        if len(idx) >= min_wanted:
+            break
+    return idx[:max_stars]
+
+
+def _psf_star_candidates(cat, shape, half, snr_min, isolation, peak_max, frac):
+    """Indices (brightest first) of the stars passing :func:`select_psf_stars` at ``frac``."""
     ny, nx = shape
     iap = APER_RADII.index(5.66)
     f = np.asarray(cat["flux_aper"][:, iap])
-    ok = ((np.asarray(cat["flags"]) & _BAD_FOR_PSF) == 0) & (np.asarray(cat["class_star"]) > 0.9)
-    ok &= np.abs(np.asarray(cat["stellarity"]) - 1) < 0.1
+    ok = (np.asarray(cat["flags"]) & _BAD_FOR_PSF) == 0
+    stellarity = np.asarray(cat["stellarity"], float)
+    if np.isfinite(stellarity).any():  # no stellar locus in a sparse field: no class cut
+        ok &= (np.asarray(cat["class_star"]) > 0.9) & (np.abs(stellarity - 1) < 0.1)
     ok &= f > snr_min * np.asarray(cat["flux_aper_err"][:, iap])
     x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
     ok &= (x > half + 2) & (x < nx - half - 3) & (y > half + 2) & (y < ny - half - 3)
@@ -413,12 +428,12 @@ def select_psf_stars(cat, shape, half, *, snr_min=50.0, isolation=None, max_star
         i, j = pairs[:, 0], pairs[:, 1]
         d = np.hypot(x[i] - x[j], y[i] - y[j])
         fl = np.abs(np.asarray(cat["flux_auto"]))
-        spoil_i = (fl[j] > 0.01 * f[i]) | (d < 4)
-        spoil_j = (fl[i] > 0.01 * f[j]) | (d < 4)
+        spoil_i = (fl[j] > frac * f[i]) | (d < 4)
+        spoil_j = (fl[i] > frac * f[j]) | (d < 4)
         ok[i[spoil_i]] = False
         ok[j[spoil_j]] = False
     idx = np.flatnonzero(ok)
-    return idx[np.argsort(-f[idx])][:max_stars]
+    return idx[np.argsort(-f[idx])]
 
 
 def _bin_update(resid, omega, pterms, jy, jx, ng, min_samples):
