@@ -50,7 +50,9 @@ def test_sigkill_of_a_worker_processes_every_quadrant_exactly_once(small_night):
     proc = pd.read_sql("select * from processing", eng)
     # exactly one row per quadrant in the database, every one done
     assert len(sci) == 16 and not sci.duplicated(["expid", "ccd_id", "qid"]).any()
-    assert len(proc) == 16 and (proc.status == "done").all()
+    assert (proc.status == "done").all()
+    assert not proc.duplicated(["stage", "expid", "ccd_id", "qid"]).any()
+    assert len(proc[proc.stage == "calibrate"]) == 16
     # exactly one product set per quadrant, no temporary files left behind
     products = list((root / "archive" / "sci").rglob("*_sciimg.fits"))
     assert len(products) == 16
