@@ -21,11 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from astropy.io import fits
 
-from zsds.camera import load_camera
-from zsds.io.raw import read_raw
 from zsds.sim import checks
 
 REAL = {"sky": 157.0, "rms": 5.9, "n5sigma": 7500, "counts": [685, 1332, 2510, 4183, 6320]}
@@ -43,17 +39,7 @@ def main():
                         "--ccds", "13", "--quads", "3", "--quad-size", args.size, "--filters", "zr",
                         "--exposures-per-night", "1", "--n-bias", "0", "--n-flat", "0",
                         "--seeing", "2.63", "--seed", str(args.seed)], check=True)
-    exp = pd.read_parquet(out / "truth" / "exposures.parquet")
-    row = exp[(exp.imgtype == "object") & (exp.qid == 3)].iloc[0]
-    raw = read_raw(out / row.raw_path)
-    quad = raw.quadrants[2]
-    bias = pd.read_parquet(out / "truth" / "floating_bias.parquet")
-    rows = bias[(bias.expid == row.expid) & (bias.qid == 3)].iloc[0]["bias_rows"]
-    with fits.open(out / "truth" / "detector" / "ccd13_q3.fits") as det:
-        pattern, resp = det["BIAS"].data, det["PIXRESP"].data
-    amp = load_camera().amplifier(13, 3)
-    img = checks.truth_detrend(quad.data, rows, pattern, resp, amp.nl_a, amp.nl_b)
-    truth = pd.read_parquet(out / "truth" / "sources" / row.night / f"{row.expid}_c13_q3.parquet")
+    row, quad, img, truth = checks.load_truth_quadrant(out, 13, 3)
     noise = checks.background_noise(img, quad.header["GAIN"], quad.header["READNOI"])
     fw = checks.isolated_star_fwhm(img, truth, noise.rms)
     fwhm_ratio = float(np.median(fw.fwhm_fit / fw.fwhm_true))

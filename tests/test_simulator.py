@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from zsds.camera import load_camera
 from zsds.io.raw import read_raw, validate_raw
 from zsds.sim import checks
 from zsds.sim.survey import SimulationSpec, simulate
@@ -25,18 +24,7 @@ def sim(tmp_path_factory):
 
 
 def _object_quadrant(out):
-    exp = pd.read_parquet(out / "truth" / "exposures.parquet")
-    row = exp[(exp.imgtype == "object") & (exp.qid == 3)].iloc[0]
-    raw = read_raw(out / row.raw_path)
-    quad = raw.quadrants[2]
-    bias = pd.read_parquet(out / "truth" / "floating_bias.parquet")
-    rows = bias[(bias.expid == row.expid) & (bias.qid == 3)].iloc[0]["bias_rows"]
-    with fits.open(out / "truth" / "detector" / "ccd13_q3.fits") as det:
-        pattern, resp = det["BIAS"].data.copy(), det["PIXRESP"].data.copy()
-    amp = load_camera().amplifier(13, 3)
-    img = checks.truth_detrend(quad.data, rows, pattern, resp, amp.nl_a, amp.nl_b)
-    truth = pd.read_parquet(out / "truth" / "sources" / row.night / f"{row.expid}_c13_q3.parquet")
-    return row, quad, img, truth
+    return checks.load_truth_quadrant(out, 13, 3)
 
 
 def test_every_simulated_file_is_valid(sim):

@@ -234,7 +234,7 @@ def _inspect(path: Path, load: bool):
     """Open, check and optionally load a raw file: (primary, quadrant list, violations)."""
     path = Path(path)
     if not path.exists():
-        return None, None, [f"file: does not exist"]
+        return None, None, ["file: does not exist"]
     try:
         hdul = _open(path)
     except Exception as exc:  # noqa: BLE001

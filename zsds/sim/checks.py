@@ -14,7 +14,7 @@ import pandas as pd
 import sep
 from scipy.optimize import least_squares
 
-__all__ = ["noise_equivalent_area", "truth_detrend", "background_noise", "fit_moffat_fwhm", "isolated_star_fwhm",
+__all__ = ["load_truth_quadrant", "noise_equivalent_area", "truth_detrend", "background_noise", "fit_moffat_fwhm", "isolated_star_fwhm",
            "detections_above_limit", "source_counts_by_mag", "NoiseMeasurement"]
 
 
@@ -183,3 +183,52 @@ def source_counts_by_mag(img, zp: float, mags=(15, 16, 17, 18, 19), radius: floa
         mag = zp - 2.5 * np.log10(flux)
     counts = [int(np.sum(mag < m)) for m in mags]
     return len(objs), counts, float(np.median(bkg.back())), float(bkg.globalrms)
+
+
+def load_truth_quadrant(outdir, ccd_id: int, qid: int, index: int = 0):
+    """An object quadrant of a simulation, detrended with the truth, and its source truth.
+
+    Reads ``outdir/truth`` as written by :func:`zsds.sim.survey.simulate` (I/O helper of the
+    fidelity tests and benchmarks, not a pipeline kernel).
+
+    Parameters
+    ----------
+    outdir : path-like
+        Simulation output folder.
+    ccd_id, qid : int
+        The quadrant (it must have been rendered, not blank).
+    index : int
+        Which object exposure of that quadrant (in time order).
+
+    Returns
+    -------
+    row : pandas Series
+        The quadrant's row of ``truth/exposures.parquet``.
+    quad : zsds.io.raw.RawQuadrant
+        The raw quadrant.
+    image : float32 array
+        :func:`truth_detrend` of it (DN; large-scale illumination left in).
+    truth : pandas.DataFrame
+        Every source rendered on it.
+    """
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    from ..camera import load_camera
+    from ..io.raw import read_raw
+
+    out = Path(outdir)
+    exp = pd.read_parquet(out / "truth" / "exposures.parquet")
+    sel = exp[(exp.imgtype == "object") & (exp.ccd_id == ccd_id) & (exp.qid == qid) & ~exp.blank]
+    row = sel.sort_values("obsjd").iloc[index]
+    quad = read_raw(out / row.raw_path).quadrants[qid - 1]
+    bias = pd.read_parquet(out / "truth" / "floating_bias.parquet")
+    rows = bias[(bias.expid == row.expid) & (bias.ccd_id == ccd_id) & (bias.qid == qid)].iloc[0]["bias_rows"]
+    with fits.open(out / "truth" / "detector" / f"ccd{ccd_id:02d}_q{qid}.fits") as det:
+        pattern, resp = det["BIAS"].data.copy(), det["PIXRESP"].data.copy()
+    amp = load_camera().amplifier(ccd_id, qid)
+    image = truth_detrend(quad.data, rows, pattern, resp, amp.nl_a, amp.nl_b)
+    truth = pd.read_parquet(out / "truth" / "sources" / row.night
+                            / f"{row.expid}_c{ccd_id:02d}_q{qid}.parquet")
+    return row, quad, image, truth

@@ -17,14 +17,11 @@ Output layout (``OUTDIR``)::
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.time import Time
 

@@ -24,7 +24,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +40,7 @@ from ..core import astrometry, background, detrend, extract, photcal, prepare, p
 from ..db import schema as s
 from ..db.ops import find_calibration, set_quadrant_status, utcnow
 from ..errors import AlgorithmError, CalibrationNotFoundError, InputDataError
-from ..flags import BAD_PIXEL_BITS, MASK, mask_header_cards
+from ..flags import BAD_PIXEL_BITS, mask_header_cards
 from ..io.paths import ArchiveLayout
 from ..io.products import write_hdulist, write_image, write_table, write_text
 from ..io.raw import RawQuadrant, read_raw

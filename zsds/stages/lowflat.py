@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.time import Time
 from sqlalchemy import select
 
-from ..core import astrometry, lowflat, photcal
+from ..core import astrometry, lowflat
 from ..db import ops
 from ..db import schema as s
 from ..errors import AlgorithmError, NoWorkFound
