@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from zsds.config import load_config
+from conftest import archive_config
 from zsds.pipeline.night import run_night
 from zsds.sim.survey import SimulationSpec, simulate
 
@@ -22,10 +22,7 @@ def small_night(tmp_path):
                             quad_shape=(260, 256), filters=["zr"], exposures_per_night=4,
                             n_bias=5, n_flat=5, seed=21, n_mba=0, n_nea=0, n_transients=0,
                             source_truth=False))
-    config = load_config(environ={"ZSDS__ARCHIVE__ROOT": str(tmp_path / "archive"),
-                                  "ZSDS__REFCAT__PATH": str(tmp_path / "in" / "refcat"),
-                                  "ZSDS__DASK__N_WORKERS": "2",
-                                  "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+    config = archive_config(tmp_path / "archive", tmp_path / "in" / "refcat", DASK__N_WORKERS="2")
     return tmp_path, config
 
 

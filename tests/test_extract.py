@@ -63,15 +63,19 @@ def isolated_truth(truth: pd.DataFrame, radius: float = 12.0, frac: float = 0.01
     return iso
 
 
-@pytest.fixture(scope="module")
-def quadrant(tmp_path_factory):
-    out = tmp_path_factory.mktemp("extract")
+def extracted_quadrant(out):
+    """Simulate into ``out``, detrend with the truth, and extract: the shared test input."""
     simulate(out)
     img, var, sat, gain, truth = load_truth_quadrant(out)
     bg = background_maps(img, sat)
     fwhm = float(truth.loc[truth.kind == "star", "fwhm_px"].median())
     cat = extract_sources(img, bg.sky, bg.rms, None, gain=gain, psf_fwhm=fwhm, saturated=sat)
     return img, var, sat, gain, truth, bg, cat
+
+
+@pytest.fixture(scope="module")
+def quadrant(tmp_path_factory):
+    return extracted_quadrant(tmp_path_factory.mktemp("extract"))
 
 
 def _match(cat, truth, radius=1.0):

@@ -10,7 +10,7 @@ from astropy.io import fits
 from typer.testing import CliRunner
 
 from zsds.cli import app
-from zsds.config import load_config
+from conftest import archive_config
 from zsds.io.products import read_table
 from zsds.pipeline.night import plan_night, run_night
 from zsds.sim.survey import SimulationSpec, simulate
@@ -25,10 +25,7 @@ def night(tmp_path_factory):
     simulate(SimulationSpec(outdir=root / "incoming", fields=[655], ccds=[13], quads=[3],
                             quad_shape=(520, 512), filters=["zr"], exposures_per_night=3,
                             n_bias=5, n_flat=5, seed=11, n_mba=2, n_nea=0, seeing_arcsec=2.0))
-    config = load_config(environ={"ZSDS__ARCHIVE__ROOT": str(root / "archive"),
-                                  "ZSDS__REFCAT__PATH": str(root / "incoming" / "refcat"),
-                                  "ZSDS__DASK__N_WORKERS": "1",
-                                  "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+    config = archive_config(root / "archive", root / "incoming" / "refcat")
     report = run_night(NIGHT, config, incoming=root / "incoming" / "raw", progress=False)
     return root, config, report
 
@@ -117,10 +114,7 @@ def test_missing_calibrations_fail_the_quadrant_with_a_named_error(tmp_path):
     simulate(SimulationSpec(outdir=tmp_path / "in", fields=[655], ccds=[13], quads=[3],
                             quad_shape=(260, 256), filters=["zr"], exposures_per_night=1,
                             n_bias=0, n_flat=0, seed=3, n_mba=0, n_nea=0, n_transients=0))
-    config = load_config(environ={"ZSDS__ARCHIVE__ROOT": str(tmp_path / "archive"),
-                                  "ZSDS__REFCAT__PATH": str(tmp_path / "in" / "refcat"),
-                                  "ZSDS__DASK__N_WORKERS": "1",
-                                  "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+    config = archive_config(tmp_path / "archive", tmp_path / "in" / "refcat")
     report = run_night(NIGHT, config, incoming=tmp_path / "in" / "raw", progress=False)
     assert report.count("failed") == 4
     assert all("CalibrationNotFoundError" in o.message and "CCD_ID=13" in o.message

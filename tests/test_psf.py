@@ -7,23 +7,18 @@ import pytest
 from scipy.spatial import cKDTree
 
 from zsds.core.background import background_maps
-from zsds.core.extract import FLAGS, extract_sources
+from zsds.core.extract import FLAGS
 from zsds.core.psf import PSFModel, fit_psf_model, select_psf_stars
 from zsds.core.psfphot import psf_photometry
 from zsds.errors import AlgorithmError
 from zsds.sim.render import psf_stamp
 
-from test_extract import isolated_truth, load_truth_quadrant, simulate
+from test_extract import extracted_quadrant, isolated_truth
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("psf")
-    simulate(out)
-    img, var, sat, gain, truth = load_truth_quadrant(out)
-    bg = background_maps(img, sat)
-    fwhm = float(truth.loc[truth.kind == "star", "fwhm_px"].median())
-    cat = extract_sources(img, bg.sky, bg.rms, None, gain=gain, psf_fwhm=fwhm, saturated=sat)
+    img, var, sat, gain, truth, bg, cat = extracted_quadrant(tmp_path_factory.mktemp("psf"))
     sub = img - bg.sky
     psf = fit_psf_model(sub, bg.rms, cat, sat, gain=gain)
     phot = psf_photometry(sub, var, psf, cat["x"], cat["y"], mask=sat, sky_variance=bg.rms**2)

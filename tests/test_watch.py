@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from zsds.config import load_config
+from conftest import archive_config
 from zsds.pipeline.watch import LandingTracker, watch
 from zsds.sim.survey import SimulationSpec, simulate
 
@@ -45,10 +45,7 @@ def test_watch_processes_files_as_they_land(tmp_path):
             tmp.rename(incoming / f.name)
             time.sleep(0.05 if not f.name.endswith("_o.fits.fz") else 2.0)
 
-    config = load_config(environ={"ZSDS__ARCHIVE__ROOT": str(tmp_path / "archive"),
-                                  "ZSDS__REFCAT__PATH": str(tmp_path / "sim" / "refcat"),
-                                  "ZSDS__DASK__N_WORKERS": "1",
-                                  "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+    config = archive_config(tmp_path / "archive", tmp_path / "sim" / "refcat")
     thread = threading.Thread(target=camera)
     thread.start()
     report = watch(incoming, config, poll_s=0.2, settle_s=0.5, max_files=len(files))
