@@ -7,6 +7,11 @@ candidates being ready (``publish`` called) to the broker's acknowledgement of i
 for quadrants of 20-50 alerts arriving every ``--interval`` s.
 
     python benchmarks/alert_rate.py [--n 6000] [--quadrants 60]
+
+In ``run-night`` the packets are built and serialized on the Dask workers and one
+distributor on the client archives, spools and sends them (``publish_serialized``): that is
+the "production rate on one core" of the acceptance. The rate with serialization done by the
+distributor itself (``publish``) is reported too.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from kafkabroker import TansuBroker  # noqa: E402
 
 from zsds.alerts.kafka import AlertDistributor  # noqa: E402
 from zsds.alerts.objects import object_name  # noqa: E402
-from zsds.alerts.packet import make_alert  # noqa: E402
+from zsds.alerts.packet import make_alert, serialize_alert  # noqa: E402
+from zsds.stages.alerts import SerializedAlert  # noqa: E402
 
 JD0 = 2461366.7
 
@@ -43,13 +49,24 @@ def packets(n, start=0, seed=1):
     return out
 
 
-def rate(bootstrap, pk, root):
+def rate(bootstrap, pk, root, serialized=False):
+    """Alerts/s from publish() to the broker's last acknowledgement, quadrant batches of 50:
+    (per wall-clock second, per CPU second of this process, i.e. of one core).
+
+    ``serialized``: the packets were serialized beforehand (as Dask workers do in
+    ``run-night``) and go through ``publish_serialized``; otherwise ``publish`` serializes.
+    """
+    if serialized:
+        pk = [SerializedAlert(p["candid"], p["objectId"], p["candidate"]["jd"],
+                              p["candidate"]["programid"], serialize_alert(p, validate=False),
+                              p["candidate"]["pid"]) for p in pk]
     with AlertDistributor(archive_root=root, bootstrap_servers=bootstrap) as dist:
-        t0 = time.perf_counter()
+        publish = dist.publish_serialized if serialized else dist.publish
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(pk), 50):
-            dist.publish(pk[i:i + 50])
+            publish(pk[i:i + 50])
         assert dist.drain(300) == 0
-        return len(pk) / (time.perf_counter() - t0)
+        return len(pk) / (time.perf_counter() - t0), len(pk) / (time.process_time() - c0)
 
 
 def latency(bootstrap, n_quad, interval, root, seed=2):
@@ -92,14 +109,21 @@ def main():
     t = time.perf_counter()
     pk = packets(args.n)
     make_rate = args.n / (time.perf_counter() - t)
-    size = np.mean([len(__import__("zsds.alerts.packet", fromlist=["x"]).serialize_alert(
-        p, validate=False)) for p in pk[:50]])
+    t = time.perf_counter()
+    size = np.mean([len(serialize_alert(p, validate=False)) for p in pk[:500]])
+    ser_rate = 500 / (time.perf_counter() - t)
     with broker as b, tempfile.TemporaryDirectory() as d:
-        r = rate(b.bootstrap, pk, Path(d) / "a")
+        rates = [rate(b.bootstrap, pk, Path(d) / f"a{i}", serialized=False) for i in range(3)]
+        rates_ser = [rate(b.bootstrap, pk, Path(d) / f"s{i}", serialized=True) for i in range(3)]
         (p50, p95), mx, n = latency(b.bootstrap, args.quadrants, args.interval, Path(d) / "b")
-    print(f"packet size {size / 1e3:.1f} kB; make_alert {make_rate:.0f}/s (not in the rate)")
-    print(f"production rate (archive + spool + broker ack, one core): {r:.0f} alerts/s "
-          f"over {args.n} alerts")
+    print(f"packet size {size / 1e3:.1f} kB; make_alert {make_rate:.0f}/s, serialize "
+          f"{ser_rate:.0f}/s (both on the Dask workers in run-night; not in the rates below)")
+    for label, rr in (("distributor, pre-serialized alerts (archive + spool + broker ack)",
+                       rates_ser), ("including serialization on the same core", rates)):
+        wall, cpu = np.array(rr).T
+        print(f"{label}: median {np.median(wall):.0f} alerts/s wall-clock on one pinned core "
+              f"(runs {', '.join(f'{r:.0f}' for r in wall)}); {np.median(cpu):.0f} alerts per "
+              f"CPU-second (runs {', '.join(f'{r:.0f}' for r in cpu)}); {args.n} alerts/run")
     print(f"quadrant ready -> last ack: p50 {p50 * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, "
           f"max {mx * 1e3:.0f} ms ({args.quadrants} quadrants, {n} alerts)")
 

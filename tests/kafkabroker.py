@@ -46,7 +46,7 @@ class TansuBroker:
         self.proc = None
 
     def __enter__(self):
-        return self.start()
+        return self if self.proc is not None and self.proc.poll() is None else self.start()
 
     def __exit__(self, *exc):
         self.stop()

@@ -176,6 +176,28 @@ def test_object_ids_stable_within_1p5_arcsec_and_idempotent(engine):  # noqa: F8
     assert ndet[first[0]] == 2 and ndet[first[1]] == 1
 
 
+def test_object_names_do_not_depend_on_the_order_of_quadrants(tmp_path):
+    """Names are counted per field-quadrant block: processing two quadrants in either order
+    gives the same objectIds (what makes a night reproducible on any cluster)."""
+    from zsds.alerts.objects import BLOCK_SIZE, counter_block
+    from zsds.db.ops import init_db, make_engine
+
+    rng = np.random.default_rng(3)
+    q38 = [cand(rng, i, ra=150.0 + i * 0.01, rcid=38) for i in range(3)]
+    q5 = [cand(rng, i, ra=151.0 + i * 0.01, rcid=5, pid=ids.make_pid("20261122200000", 5))
+          for i in range(2)]
+    names = []
+    for order, db in (((q38, q5), "a.sqlite"), ((q5, q38), "b.sqlite")):
+        engine = init_db(make_engine(f"sqlite:///{tmp_path / db}"))
+        got = {c["candid"]: o for batch in order
+               for c, o in zip(batch, assign_object_ids(engine, batch))}
+        names.append(got)
+    assert names[0] == names[1]
+    first38 = parse_object_name(names[0][q38[0]["candid"]])[1]
+    assert first38 == counter_block(655, 38) * BLOCK_SIZE
+    assert parse_object_name(names[0][q5[1]["candid"]])[1] == counter_block(655, 5) * BLOCK_SIZE + 1
+
+
 # -- history -----------------------------------------------------------------------------------
 def _add_quadrant(conn, expid, jd, diffmaglim, ra=150.0, dec=20.0, half=0.45):
     ffd = f"20261{expid:09d}"[:14]

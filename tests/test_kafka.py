@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections import Counter
 
+import fastavro
 import numpy as np
 import pytest
 from kafkabroker import TansuBroker
 
-from zsds.alerts.kafka import AlertDistributor, archive_path, consume_alerts, topic_name
+from zsds.alerts.archive import archive_file, archived_candids, iter_archive, read_alert
+from zsds.alerts.kafka import AlertDistributor, consume_alerts, topic_name
 from zsds.alerts.packet import deserialize_alert, make_alert
 from zsds.alerts.spool import AlertSpool
 
@@ -65,7 +67,10 @@ def test_10000_alerts_no_loss_no_duplicates(broker, tmp_path):
     dup = [c for c, k in Counter(got).items() if k > 1]
     assert (len(want - set(got)), len(dup), len(got)) == (0, 0, n)
     assert len(acked) == n and {a[0] for a in acked} == want
-    assert len(list((tmp_path / "alerts" / "20261122" / "programid1").glob("*.avro"))) == n
+    files = sorted((tmp_path / "alerts" / "20261122" / "programid1").glob("*.avro"))
+    assert len(files) == n // 50  # one container per quadrant image (pid)
+    archived = [c for f in files for c in archived_candids(f)]
+    assert sorted(archived) == sorted(want)
     print(f"10000 alerts produced+acknowledged in {produced:.1f} s")
 
 
@@ -111,8 +116,8 @@ def test_broker_outage_spools_and_delivers_in_order(tmp_path):
         seqs = [seq for c, seq, _ in acked if c in {p["candid"] for p in group}]
         assert len(seqs) == len(group) and seqs == sorted(seqs)
     assert sorted(got) == sorted(p["candid"] for p in after)
-    for p in before + during + after:  # the night's archive holds every alert
-        assert archive_path(tmp_path, "20261122", 1, p["candid"]).is_file()
+    archived = [r["candid"] for r in iter_archive(tmp_path, "20261122")]
+    assert sorted(archived) == sorted(p["candid"] for p in before + during + after)
 
 
 def test_no_broker_archive_only(tmp_path, caplog):
@@ -127,5 +132,20 @@ def test_no_broker_archive_only(tmp_path, caplog):
     assert dist.drain(1) == 0 and dist.close() == 0
     assert sum("archive only" in r.message for r in caplog.records) == 1
     assert not (tmp_path / "alerts" / "spool.sqlite").exists()
-    back = deserialize_alert(archive_path(tmp_path, "20261122", 1, pk[3]["candid"]).read_bytes())
+    path = archive_file(tmp_path, "20261122", 1, pk[3]["candidate"]["pid"])
+    back = deserialize_alert(read_alert(path, pk[3]["candid"]))
     assert back["objectId"] == pk[3]["objectId"]
+    assert dist.publish(pk) and archived_candids(path) == [p["candid"] for p in pk]  # no dups
+
+
+def test_archive_appends_new_alerts_of_a_quadrant_once(tmp_path):
+    dist = AlertDistributor(archive_root=tmp_path, bootstrap_servers=None)
+    pk = packets(0, 50)  # one quadrant image (pid)
+    dist.publish(pk[:20])
+    dist.publish(pk[10:50])
+    path = archive_file(tmp_path, "20261122", 1, pk[0]["candidate"]["pid"])
+    assert archived_candids(path) == [p["candid"] for p in pk]
+    with open(path, "rb") as fh:  # a standard container any Avro reader reads
+        assert [r["objectId"] for r in fastavro.reader(fh)] == [p["objectId"] for p in pk]
+    with pytest.raises(KeyError):
+        read_alert(path, 12345)

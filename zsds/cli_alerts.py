@@ -46,18 +46,64 @@ def listen(
 
 @alerts_app.command("show")
 def show(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Alert .avro file."),
+    path: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="Alert .avro file (one alert, or a quadrant's archive file)."),
+    candid: Optional[int] = typer.Option(None, "--candid",
+                                         help="Which alert of an archive file (default: first)."),
     png: Optional[Path] = typer.Option(None, "--png", help="Cutout image (default FILE.png)."),
 ):
     """Print the main fields of an alert and write its three cutouts as a PNG."""
-    from .alerts.listen import alert_summary, plot_cutouts
-    from .alerts.packet import deserialize_alert
+    import fastavro
 
-    packet = deserialize_alert(path.read_bytes())
+    from .alerts.listen import alert_summary, plot_cutouts
+
+    try:
+        with open(path, "rb") as fh:
+            packets = list(fastavro.reader(fh))
+    except Exception as exc:  # noqa: BLE001 - fastavro raises several types
+        raise typer.BadParameter(f"{path}: not an Avro alert file ({exc})") from None
+    chosen = [p for p in packets if candid is None or p["candid"] == candid]
+    if not chosen:
+        raise typer.BadParameter(f"{path}: no alert with candid {candid}")
+    packet = chosen[0]
     typer.echo(alert_summary(packet))
     out = png or path.with_suffix(".png")
     plot_cutouts(packet, out)
     typer.echo(f"cutouts: {out}")
+
+
+@alerts_app.command("topics")
+def topics(
+    night: Optional[str] = typer.Argument(None, help="First night YYYYMMDD (default: today, UTC)."),
+    nights: int = typer.Option(2, "--nights", min=1, help="Nights to have topics for."),
+    keep_days: Optional[int] = typer.Option(None, "--keep-days", min=1,
+                                            help="Delete alert topics of nights older than this."),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap",
+                                            help="Broker (default: kafka.bootstrap_servers)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be done."),
+):
+    """Create the nightly alert topics ahead (partitions, replication, retention from the
+    kafka: configuration), check existing ones, optionally delete old ones.
+
+    Exit status 0 when every topic exists with the configured settings; 1 when an existing
+    topic differs (printed; alter it with kafka-configs.sh, see deploy/README.md).
+    """
+    from datetime import datetime, timezone
+
+    from .alerts.topics import TopicSpec, manage_topics
+    from .cli import state
+
+    servers = bootstrap or state.config.kafka.bootstrap_servers
+    if not servers:
+        raise typer.BadParameter("no broker: give --bootstrap or set kafka.bootstrap_servers")
+    first = night or datetime.now(timezone.utc).strftime("%Y%m%d")
+    if len(first) != 8 or not first.isdigit():
+        raise typer.BadParameter(f"NIGHT must be YYYYMMDD, not {first!r}")
+    actions = asyncio.run(manage_topics(servers, TopicSpec.from_config(state.config), first,
+                                        nights, keep_days=keep_days, dry_run=dry_run))
+    for action in actions:
+        typer.echo(("would " if dry_run and action.action in ("create", "delete") else "") + str(action))
+    raise typer.Exit(1 if any(a.action == "differs" for a in actions) else 0)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,9 @@
 """Alert distribution: the night's Avro archive, a durable spool and Kafka (aiokafka).
 
 :meth:`AlertDistributor.publish` serializes each packet (one Avro container per alert,
-schema embedded), writes it to the alert archive ``alerts/YYYYMMDD/programid<N>/<candid>.avro``
-and appends it to the spool ``alerts/spool.sqlite`` (both before returning). A sender running
+schema embedded, as sent to Kafka), adds it to the night's alert archive (one container per
+quadrant image, ``alerts/YYYYMMDD/programid<N>/<pid>.avro``, :mod:`zsds.alerts.archive`) and
+appends it to the spool ``alerts/spool.sqlite`` (both before returning). A sender running
 its own asyncio loop in a background thread drains the spool in order to the broker:
 
 * topic ``ztf_YYYYMMDD_programid<N>`` (UT night of the candidate ``jd``; ZTF naming),
@@ -24,19 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..io.paths import ArchiveLayout, night_of_jd
+from ..io.paths import night_of_jd
 from . import _kafka_compat
+from .archive import archive_file, write_alerts
 from .packet import serialize_alert
 from .spool import AlertSpool
 
-__all__ = ["topic_name", "archive_path", "AlertDistributor", "consume_alerts"]
+__all__ = ["topic_name", "AlertDistributor", "consume_alerts"]
 
 log = logging.getLogger(__name__)
 _NO_BROKER_LOGGED = False
@@ -46,18 +47,6 @@ _kafka_compat.install()
 def topic_name(night: str, programid: int) -> str:
     """ZTF topic name of a night and program: ``ztf_YYYYMMDD_programid1``."""
     return f"ztf_{night}_programid{int(programid)}"
-
-
-def archive_path(root: Path, night: str, programid: int, candid: int) -> Path:
-    """Archive file of one alert: ``<root>/alerts/<night>/programid<N>/<candid>.avro``."""
-    return ArchiveLayout(root).alerts_dir(night) / f"programid{int(programid)}" / f"{candid}.avro"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class AlertDistributor:
@@ -126,29 +115,31 @@ class AlertDistributor:
         list of int
             The candids, in order.
         """
-        entries, candids = [], []
-        for p in packets:
-            data = serialize_alert(p, validate=self.validate)
-            cand = p["candidate"]
-            night = night_of_jd(cand["jd"])
-            _write_atomic(archive_path(self.root, night, cand["programid"], p["candid"]), data)
-            entries.append((p["candid"], topic_name(night, cand["programid"]),
-                            p["objectId"].encode(), data))
-            candids.append(p["candid"])
-        if self.spool is not None and entries:
-            self.spool.add(entries)
-            self._wake_sender()
-        return candids
+        return self._archive_and_spool(
+            (p["candid"], p["objectId"], p["candidate"]["jd"], p["candidate"]["programid"],
+             p["candidate"]["pid"], serialize_alert(p, validate=self.validate)) for p in packets)
 
     def publish_serialized(self, alerts) -> list[int]:
         """Archive and spool alerts already serialised (``.candid, .object_id, .jd,
         .programid, .data``), e.g. built on Dask workers by :mod:`zsds.stages.alerts`."""
-        entries, candids = [], []
-        for a in alerts:
-            night = night_of_jd(a.jd)
-            _write_atomic(archive_path(self.root, night, a.programid, a.candid), a.data)
-            entries.append((a.candid, topic_name(night, a.programid), a.object_id.encode(), a.data))
-            candids.append(a.candid)
+        return self._archive_and_spool((a.candid, a.object_id, a.jd, a.programid, a.pid, a.data)
+                                       for a in alerts)
+
+    def _archive_and_spool(self, rows) -> list[int]:
+        """Archive ``(candid, objectId, jd, programid, pid, bytes)`` rows grouped by quadrant
+        image, then spool them in the given order."""
+        rows, files = list(rows), {}
+        for candid, _, jd, programid, pid, data in rows:
+            key = (night_of_jd(jd), int(programid), int(pid))
+            files.setdefault(key, []).append((candid, data))
+        where = {}
+        for (night, programid, pid), alerts in files.items():
+            path = archive_file(self.root, night, programid, pid)
+            for candid, (offset, length) in write_alerts(path, alerts).items():
+                where[candid] = (path, offset, length)
+        entries = [(candid, topic_name(night_of_jd(jd), programid), object_id.encode(),
+                    *where[candid]) for candid, object_id, jd, programid, _, _ in rows]
+        candids = [r[0] for r in rows]
         if self.spool is not None and entries:
             self.spool.add(entries)
             self._wake_sender()
@@ -169,8 +160,14 @@ class AlertDistributor:
         (they stay in the spool and are sent by the next distributor)."""
         left = self.drain(timeout) if self._thread else 0
         if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._loop.call_soon_threadsafe(self._task.cancel)
+            def stop():
+                self._stop.set()
+                self._task.cancel()
+
+            try:  # one callback: after _stop is set the loop may finish and close at once
+                self._loop.call_soon_threadsafe(stop)
+            except RuntimeError:  # the sender's loop has already finished
+                pass
             self._thread.join(timeout=15.0)
             if self._thread.is_alive():
                 log.warning("alert sender did not stop within 15 s")
@@ -237,19 +234,27 @@ class AlertDistributor:
                 await _stop_quietly(self._producer, timeout=2.0)
 
     async def _send_loop(self) -> None:
+        """Send pending entries in rounds of ``batch``, one round in flight while the next is
+        handed to the producer; any failure drops the producer and restarts from the oldest
+        unacknowledged entry."""
         backoff, outage = 0.1, False
+        inflight, after = None, 0  # round awaiting acknowledgement; last seq handed over
         while not self._stop.is_set():
-            producer = self._producer
-            rows = self.spool.pending(self.batch)
-            if not rows:
+            rows = self.spool.pending(self.batch, after_seq=after)
+            if not rows and inflight is None:
                 self._wake.clear()
                 if not self.spool.n_pending():
                     await _wait_any(self._wake, self._stop, timeout=1.0)
+                after = 0
                 continue
             try:
-                if producer is None:
-                    producer = self._producer = await self._new_producer()
-                await self._send_round(producer, rows)
+                if self._producer is None:
+                    self._producer = await self._new_producer()
+                sent = await self._send(self._producer, rows) if rows else None
+                after = rows[-1].seq if rows else after
+                if inflight is not None:
+                    await self._confirm(*inflight)
+                inflight = sent
                 if outage:
                     log.info("Kafka broker %s reachable again; sending spooled alerts",
                              self.bootstrap_servers)
@@ -259,28 +264,35 @@ class AlertDistributor:
                     log.warning("Kafka broker %s: %s; alerts stay spooled (%d pending)",
                                 self.bootstrap_servers, exc or type(exc).__name__,
                                 self.spool.n_pending())
-                outage = True
-                if producer is not None:
-                    self._producer = None
+                outage, inflight, after = True, None, 0
+                if self._producer is not None:
+                    producer, self._producer = self._producer, None
                     await _stop_quietly(producer)
                 await _wait_any(self._stop, timeout=backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
-    async def _send_round(self, producer, rows) -> None:
-        futures, error = [], None
+    async def _send(self, producer, rows) -> tuple[list, list]:
+        """Hand a round to the producer; returns ``(rows, delivery futures)``."""
+        futures = []
         try:
-            for r in rows:
-                futures.append(await producer.send(r.topic, r.value, key=r.key))
-        except Exception as exc:
-            error = exc
+            for r, value in zip(rows, self.spool.values(rows)):
+                futures.append(await producer.send(r.topic, value, key=r.key))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return rows, futures
+
+    async def _confirm(self, rows, futures) -> None:
+        """Wait for a round's acknowledgements and record them; raise on any failure."""
         results = await asyncio.gather(*futures, return_exceptions=True)
         ok = [r for r, res in zip(rows, results) if not isinstance(res, BaseException)]
         self.spool.mark_acked([r.seq for r in ok])
         if ok and self.on_ack is not None:
             self.on_ack([r.candid for r in ok], time.monotonic())
         failed = [res for res in results if isinstance(res, BaseException)]
-        if error is not None or failed:
-            raise error or failed[0]
+        if failed:
+            raise failed[0]
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

@@ -1,9 +1,17 @@
 """objectId assignment, ZTF style: ``ZTF`` + 2-digit year + 7 lowercase letters.
 
 A candidate gets the objectId of the nearest known object within 1.5 arcsec; otherwise a new
-object is created, named from the UT year of this first detection and a per-year running
-number stored in ``object_counters`` (0 -> ``aaaaaaa``, 1 -> ``aaaaaab``, ... base 26).
-The object keeps the position of its first detection (so matching never drifts).
+object is created, named from the UT year of this first detection and a running number
+(0 -> ``aaaaaaa``, 1 -> ``aaaaaab``, ... base 26). The object keeps the position of its first
+detection (so matching never drifts).
+
+The running numbers are split into blocks of 62,500 per field and readout quadrant (block =
+``(field % 2000) * 64 + rcid``; 128,000 blocks fill the 26**7 names of a year), each with its
+own counter in ``object_counters``. A name then depends only on the order of detections within
+one field-quadrant, which ``run-night`` processes in time order, so reprocessing a night, on
+any cluster and any number of workers, gives the same objectIds. (Fields numbered 2000 and
+above share blocks with field - 2000; their names stay unique but their order may then depend
+on scheduling.)
 
 Idempotent: a candid already registered returns its recorded objectId; re-running a night
 assigns the same IDs. Concurrency: the counter is advanced with an ``UPDATE`` inside the
@@ -34,10 +42,11 @@ from ..errors import ZsdsError
 from .schema import record_fields
 from .sky import cone_clause, separation_deg
 
-__all__ = ["MATCH_RADIUS_ARCSEC", "object_name", "parse_object_name", "find_object",
+__all__ = ["MATCH_RADIUS_ARCSEC", "BLOCK_SIZE", "counter_block", "object_name", "parse_object_name", "find_object",
            "assign_object_ids", "candidate_row"]
 
 MATCH_RADIUS_ARCSEC = 1.5
+BLOCK_SIZE = 62_500
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _NLET = 7
 
@@ -77,15 +86,27 @@ def find_object(conn: Connection, ra: float, dec: float,
     return (rows[i].object_id, float(sep[i])) if sep[i] <= radius_arcsec else None
 
 
-def _next_name(conn: Connection, year: int) -> str:
+def counter_block(field_id: int, rcid: int) -> int:
+    """Block of the objectId name space of a field and readout quadrant (rcid 0-63)."""
+    if not 0 <= int(rcid) < 64:
+        raise ZsdsError(f"rcid {rcid} outside 0..63")
+    return (int(field_id) % 2000) * 64 + int(rcid)
+
+
+def _next_name(conn: Connection, year: int, block: int) -> str:
     c = s.object_counters.c
-    done = conn.execute(update(s.object_counters).where(c.year == year)
+    where = (c.year == year) & (c.block == block)
+    done = conn.execute(update(s.object_counters).where(where)
                         .values(next_index=c.next_index + 1))
     if done.rowcount == 0:
-        conn.execute(s.object_counters.insert().values(year=year, next_index=1))
-        return object_name(year, 0)
-    nxt = conn.execute(select(c.next_index).where(c.year == year)).scalar_one()
-    return object_name(year, nxt - 1)
+        conn.execute(s.object_counters.insert().values(year=year, block=block, next_index=1))
+        n = 0
+    else:
+        n = conn.execute(select(c.next_index).where(where)).scalar_one() - 1
+    if n >= BLOCK_SIZE:
+        raise ZsdsError(f"objectId block {block} of {year} is full ({BLOCK_SIZE} new objects "
+                        "in one field-quadrant and year)")
+    return object_name(year, block * BLOCK_SIZE + n)
 
 
 def _jsonable(v: Any) -> Any:
@@ -130,7 +151,11 @@ def _assign_one(conn: Connection, cand: Mapping[str, Any], radius_arcsec: float)
     match = find_object(conn, ra, dec, radius_arcsec)
     now = utcnow()
     if match is None:
-        object_id = _next_name(conn, int(Time(jd, format="jd").datetime.year))
+        rcid = cand.get("rcid")
+        if rcid is None:
+            rcid = 4 * (int(cand["ccd_id"]) - 1) + int(cand["qid"]) - 1
+        block = counter_block(cand.get("field") or 0, rcid)
+        object_id = _next_name(conn, int(Time(jd, format="jd").datetime.year), block)
         conn.execute(s.objects.insert().values(object_id=object_id, ra=ra, dec=dec, ndet=1,
                                                first_jd=jd, last_jd=jd, created_at=now,
                                                updated_at=now))

@@ -17,7 +17,9 @@ table                   one row per                                             
 ``objects``             astrophysical object (association of candidates)                ``object_id``
 ``candidates``          difference-image candidate                                      ``candid``
 ``alerts``              alert packet                                                    ``candid``
-``object_counters``     year of objectIds (next running number, for ZTFyy + 7 letters)  ``year``
+``object_counters``     objectId counter of a year and field-quadrant block             ``(year, block)``
+``api_tokens``          API token of the archive API (sha256 hash only)                 ``token_hash``
+``product_checksums``   archived product file (sha256 and size at write/record time)    ``path``
 ``schema_info``         key/value (schema version)                                      ``key``
 ======================  ==============================================================  ==================================
 
@@ -34,7 +36,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Double, ForeignKe
 
 __all__ = ["metadata", "SCHEMA_VERSION", "exposures", "raw_files", "quadrant_images",
            "quarantine", "calibrations", "processing", "science_images", "reference_images", "objects",
-           "candidates", "alerts", "object_counters", "schema_info"]
+           "candidates", "alerts", "object_counters", "schema_info", "product_checksums", "api_tokens"]
 
 #: Bumped whenever a table changes incompatibly.
 SCHEMA_VERSION = "1"
@@ -256,7 +258,10 @@ objects = Table(
 object_counters = Table(
     "object_counters", metadata,
     Column("year", Integer, primary_key=True, autoincrement=False, doc="4-digit year"),
-    Column("next_index", BigInteger, nullable=False, doc="running number of the next object"),
+    Column("block", Integer, primary_key=True, autoincrement=False,
+           doc="field-quadrant block of the name space (zsds.alerts.objects.counter_block)"),
+    Column("next_index", BigInteger, nullable=False,
+           doc="running number of the block's next object"),
 )
 
 candidates = Table(
@@ -296,4 +301,24 @@ alerts = Table(
     Column("status", String(16), nullable=False, default="pending", doc="pending, sent, failed"),
     Column("created_at", **_ts),
     Column("sent_at", **_ts),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, index=True, doc="holder of the token"),
+    Column("token_hash", String(64), nullable=False, unique=True, doc="sha256 hex of the token"),
+    Column("programs", String(64), nullable=False, doc="entitled programids, e.g. '2,3'"),
+    Column("created_at", **_ts),
+    Column("revoked_at", **_ts),
+)
+
+product_checksums = Table(
+    "product_checksums", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", String(512), nullable=False, unique=True, doc="relative to the archive root"),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", **_ts),
+    Column("updated_at", **_ts),
 )

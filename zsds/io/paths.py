@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from astropy.time import Time
 
 __all__ = ["ArchiveLayout", "RawName", "filefracday_from_jd", "parse_raw_name",
            "IMGTYPE_CODES", "BIAS_FILTER_CODES"]
@@ -33,6 +33,8 @@ IMGTYPE_CODES = {"object": "o", "bias": "b", "flat": "f", "dark": "d"}
 #: Filter codes accepted for bias files.
 BIAS_FILTER_CODES = ("bi", "OO")
 
+_JD_UNIX_EPOCH = 2440587.5
+_UNIX_EPOCH = datetime(1970, 1, 1)
 _RAW_RE = re.compile(
     r"^ztf_(?P<date>\d{8})(?P<frac>\d{6})_(?P<field>\d{6})_(?P<fc>zg|zr|zi|bi|OO|dk)"
     r"_c(?P<ccd>\d{2})_(?P<type>[obfd])\.fits\.fz$")
@@ -71,22 +73,27 @@ def parse_raw_name(name: str) -> RawName:
 def filefracday_from_jd(jd: float) -> str:
     """``YYYYMMDDffffff`` of a JD (UTC): the date and ``floor(frac_of_day * 1e6)``.
 
+    Calendar arithmetic (UTC days since JD 2440587.5 = 1970-01-01), leap seconds ignored.
+
     Examples
     --------
     >>> filefracday_from_jd(2458883.697199)
     '20200204197199'
     """
-    t = Time(jd, format="jd", scale="utc")
-    ymd = t.to_value("iso", subfmt="date").replace("-", "")
-    midnight = Time(f"{ymd[:4]}-{ymd[4:6]}-{ymd[6:]}T00:00:00", scale="utc")
-    frac = (t - midnight).to_value("day")
-    digits = min(int(math.floor(frac * 1e6 + 1e-7)), 999999)
+    days = float(jd) - _JD_UNIX_EPOCH
+    day = math.floor(days)
+    digits = min(int(math.floor((days - day) * 1e6 + 1e-7)), 999999)
+    ymd = (_UNIX_EPOCH + timedelta(days=day)).strftime("%Y%m%d")
     return f"{ymd}{digits:06d}"
 
 
 def night_of_jd(jd: float) -> str:
-    """The UTC date ``YYYYMMDD`` of a JD (ZTF nights are labelled by their UTC date)."""
-    return filefracday_from_jd(jd)[:8]
+    """The UTC date ``YYYYMMDD`` of a JD (ZTF nights are labelled by their UTC date).
+
+    Always ``filefracday_from_jd(jd)[:8]``, computed without the day fraction.
+    """
+    day = math.floor(float(jd) - _JD_UNIX_EPOCH)
+    return (_UNIX_EPOCH + timedelta(days=day)).strftime("%Y%m%d")
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,24 @@ def _log_exposure(expid: int, outcomes: list[QuadrantOutcome]):
                                           if o.status != "done"))
 
 
+def _chain_key(job: QuadrantJob) -> tuple[int, int, int]:
+    return job.field_id, job.ccd_id, job.qid
+
+
+def _chains(jobs: list[QuadrantJob]) -> dict[tuple[int, int, int], list[QuadrantJob]]:
+    """Jobs grouped by field and readout quadrant, each group in time order.
+
+    The exposures of one field-quadrant are processed one after the other, as they were
+    taken: each alert's history then holds every earlier detection of the night and objectIds
+    are assigned in time order, so a night gives the same products on any cluster. Different
+    field-quadrants (the parallelism: 64 per field) run concurrently.
+    """
+    chains: dict[tuple[int, int, int], list[QuadrantJob]] = defaultdict(list)
+    for job in sorted(jobs, key=lambda j: (j.obsjd, j.expid)):
+        chains[_chain_key(job)].append(job)
+    return dict(chains)
+
+
 def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
               force: bool = False, progress: bool = True, on_progress=None,
               ccds: list[int] | None = None, quads: list[int] | None = None) -> NightReport:
@@ -299,11 +317,20 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
         from ..alerts.kafka import AlertDistributor
         with open_client(config) as client, AlertDistributor(config) as alerts:
             log.info("Dask dashboard: %s", getattr(client, "dashboard_link", "n/a"))
-            futures = [client.submit(process_quadrant, config, j, key=j.key, pure=False)
-                       for j in plan.todo]
-            bar = tqdm(total=len(futures), unit="quad", desc=f"night {night}", disable=not progress)
-            for fut in as_completed(futures):
+            chains = _chains(plan.todo)
+
+            def submit(chain):
+                job = chain.pop(0)
+                return client.submit(process_quadrant, config, job, key=job.key, pure=False)
+
+            futures = as_completed([submit(c) for c in chains.values()])
+            bar = tqdm(total=len(plan.todo), unit="quad", desc=f"night {night}",
+                       disable=not progress)
+            for fut in futures:
                 out = fut.result()
+                chain = chains[_chain_key(out.job)]
+                if chain:
+                    futures.add(submit(chain))
                 n_alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
                 outcomes.append(out)
                 bar.update(1)

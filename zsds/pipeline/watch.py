@@ -5,7 +5,9 @@ raw-file pattern and its size and modification time have not changed for ``settl
 seconds (cameras that write to a temporary name and rename are seen at the rename). Landed
 files are ingested; calibration files are kept for the night's biases and flats, which are
 made when the night's first object file arrives; each object file's four quadrants are then
-submitted to the Dask cluster immediately, so alerts flow while the night goes on.
+submitted to the Dask cluster immediately, so alerts flow while the night goes on. A
+quadrant whose previous exposure of the same field is still being processed waits for it
+(as in ``run-night``: histories and objectIds then follow the order of the exposures).
 
 The decision logic is :class:`LandingTracker`, a pure state machine (observations in,
 landed files out) that is tested without a file system.
@@ -131,13 +133,14 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
 
     from ..stages.ingest import ingest
     from .cluster import open_client
-    from .night import _engine, process_quadrant
+    from .night import _chain_key, _engine, process_quadrant
 
     engine = _engine(config)
     tracker = LandingTracker(settle_s=settle_s)
     report = WatchReport()
     calibrated_nights: set = set()
     landed_at: dict = {}
+    busy: dict = {}  # field-quadrant -> exposures waiting for the one running (time order)
     last_new = time.monotonic()
     from ..alerts.kafka import AlertDistributor
     with open_client(config) as client, AlertDistributor(config) as alerts:
@@ -154,15 +157,26 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
                     continue
                 _ensure_calibrations(rn.date, config, engine, calibrated_nights)
                 for job in _jobs_for(engine, path, rn.date):
-                    fut = client.submit(process_quadrant, config, job, key=job.key, pure=False)
-                    landed_at[fut.key] = first_seen
-                    pending.add(fut)
+                    landed_at[job.key] = first_seen
+                    if _chain_key(job) in busy:  # its previous exposure is still running
+                        busy[_chain_key(job)].append(job)
+                        continue
+                    busy[_chain_key(job)] = []
+                    pending.add(client.submit(process_quadrant, config, job, key=job.key,
+                                              pure=False))
             for fut in _ready(pending):
                 out = fut.result()
+                waiting = busy.get(_chain_key(out.job))
+                if waiting:
+                    job = waiting.pop(0)
+                    pending.add(client.submit(process_quadrant, config, job, key=job.key,
+                                              pure=False))
+                else:
+                    busy.pop(_chain_key(out.job), None)
                 report.alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
                 alerts.drain(timeout=5.0)  # with a broker: until acknowledged
                 report.quadrants += 1
-                latency = time.time() - landed_at.pop(fut.key, time.time())
+                latency = time.time() - landed_at.pop(out.job.key, time.time())
                 report.latencies_s.append(latency)
                 log.info("quadrant %s %s in %.1f s after landing", out.job.key, out.status, latency)
             idle = time.monotonic() - last_new

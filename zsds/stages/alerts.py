@@ -28,6 +28,7 @@ class SerializedAlert:
     jd: float
     programid: int
     data: bytes
+    pid: int
 
 
 def build_alerts(engine, records: list[dict], cutouts_path) -> list[SerializedAlert]:
@@ -54,5 +55,6 @@ def build_alerts(engine, records: list[dict], cutouts_path) -> list[SerializedAl
             packet = make_alert(rec, cutouts[rec["index"]], prv_candidates=prv, fp_hists=[],
                                 object_id=rec["objectId"])
             out.append(SerializedAlert(int(packet["candid"]), packet["objectId"], float(rec["jd"]),
-                                       int(rec["programid"]), serialize_alert(packet)))
+                                       int(rec["programid"]), serialize_alert(packet),
+                                       int(packet["candidate"]["pid"])))
     return out
