@@ -9,7 +9,6 @@ import pytest
 
 from zsds.config import load_config
 from zsds.pipeline.night import run_night
-from zsds.sim.survey import SimulationSpec, simulate
 
 NIGHT = "20261121"
 pytestmark = pytest.mark.slurm
@@ -23,19 +22,16 @@ def _checksums(archive, suffixes=("psfcat.fits", "sexcat.fits", "sciimg.fits", "
     return out
 
 
-def test_local_and_slurm_runs_give_identical_products(tmp_path):
+def test_local_and_slurm_runs_give_identical_products(tmp_path, tiny_night_raw):
     if shutil.which("sinfo") is None:
         pytest.skip("SLURM client not installed: run cluster/start-local-slurm.sh (CI does)")
-    simulate(SimulationSpec(outdir=tmp_path / "in", fields=[655], ccds=[13], quads=[3],
-                            quad_shape=(260, 256), filters=["zr"], exposures_per_night=3,
-                            n_bias=5, n_flat=5, seed=31, n_mba=0, n_nea=0, n_transients=1))
     sums = {}
     for cluster in ("local", "slurm"):
         env = {"ZSDS__ARCHIVE__ROOT": str(tmp_path / cluster),
-               "ZSDS__REFCAT__PATH": str(tmp_path / "in" / "refcat"),
+               "ZSDS__REFCAT__PATH": str(tiny_night_raw / "refcat"),
                "ZSDS__DASK__CLUSTER": cluster, "ZSDS__DASK__N_WORKERS": "1",
                "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"}
-        report = run_night(NIGHT, load_config(environ=env), incoming=tmp_path / "in" / "raw",
+        report = run_night(NIGHT, load_config(environ=env), incoming=tiny_night_raw / "raw",
                            progress=False, quads=[3])
         assert report.count("failed") == 0 and len(report.outcomes) == 3
         sums[cluster] = _checksums(tmp_path / cluster)

@@ -191,7 +191,8 @@ def _register_optional_commands():
     """Commands contributed by stage modules (each module registers its own)."""
     import importlib
 
-    for name in ("zsds.cli_ops", "zsds.cli_pipeline", "zsds.cli_alerts", "zsds.cli_refimg", "zsds.cli_qa", "zsds.cli_subtract", "zsds.cli_lightcurves", "zsds.cli_moving"):
+    for name in ("zsds.cli_ops", "zsds.cli_pipeline", "zsds.cli_alerts", "zsds.cli_refimg", "zsds.cli_qa", "zsds.cli_subtract", "zsds.cli_lightcurves", "zsds.cli_moving", "zsds.cli_api", "zsds.cli_archive",
+                 "zsds.cli_db"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -102,7 +102,8 @@ def topics(
     actions = asyncio.run(manage_topics(servers, TopicSpec.from_config(state.config), first,
                                         nights, keep_days=keep_days, dry_run=dry_run))
     for action in actions:
-        typer.echo(("would " if dry_run and action.action in ("create", "delete") else "") + str(action))
+        would = dry_run and action.action in ("create", "delete")
+        typer.echo(("would " if would else "") + str(action))
     raise typer.Exit(1 if any(a.action == "differs" for a in actions) else 0)
 
 

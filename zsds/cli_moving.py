@@ -26,10 +26,13 @@ def _nights(text: str) -> list[str]:
 @moving_app.command("link")
 def link_cmd(
     nights: str = typer.Option(..., "--nights", help="Nights YYYYMMDD, comma-separated."),
-    candidates: Optional[Path] = typer.Option(None, "--candidates",
-                                              help="Candidate table (Parquet or CSV)."),
-    orbits: Optional[Path] = typer.Option(None, "--orbits",
-                                          help="Known-asteroid orbit file (CSV or Parquet)."),
+    candidates: Optional[Path] = typer.Option(
+        None, "--candidates",
+        help="Candidate table (Parquet or CSV); default: the candidates and streaks of the "
+             "operations database."),
+    orbits: Optional[Path] = typer.Option(
+        None, "--orbits",
+        help="Known-asteroid orbit file (CSV or Parquet); default: moving.orbits_path."),
     local: bool = typer.Option(False, "--serial", help="Run in this process, without Dask."),
 ):
     """Tag known asteroids, link unknown moving objects over the nights, fit their orbits.
@@ -42,9 +45,6 @@ def link_cmd(
 
     config = state.config
     night_list = _nights(nights)
-    if candidates is None:
-        raise typer.BadParameter("--candidates is required until the subtraction stage "
-                                 "writes candidates to the archive")
     if local:
         tracks = link_moving_objects(config, night_list, candidates=candidates, orbits=orbits)
     else:

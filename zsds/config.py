@@ -61,7 +61,26 @@ class DaskConfig(_Section):
 
 
 class KafkaConfig(_Section):
+    """The alert stream: broker and the nightly alert topics (``zsds alerts topics``)."""
+
     bootstrap_servers: str | None = None
+    topic_partitions: int = Field(4, ge=1, description="partitions of a new alert topic")
+    topic_replication_factor: int = Field(1, ge=1, description="replicas of each partition")
+    topic_programids: list[int] = Field(default_factory=lambda: [1, 2, 3],
+                                        description="programs with a topic every night")
+    topic_configs: dict[str, str] = Field(
+        default_factory=lambda: {"retention.ms": "604800000", "cleanup.policy": "delete",
+                                 "max.message.bytes": "8388608"},
+        description="Kafka topic-level settings of new alert topics")
+
+    @field_validator("topic_configs", mode="before")
+    @classmethod
+    def _config_strings(cls, value: Any) -> Any:
+        # Kafka takes every topic setting as a string; YAML gives numbers and booleans.
+        if isinstance(value, dict):
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v))
+                    for k, v in value.items()}
+        return value
 
 
 class ProcessingConfig(_Section):
@@ -85,8 +104,29 @@ class CalibrateConfig(_Section):
                                          description="extinction, mag per airmass")
 
 
+class ApiConfig(_Section):
+    """The HTTP archive API ``zsds serve`` (zsds/api)."""
+
+    host: str = Field("127.0.0.1", description="address uvicorn listens on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    proprietary_days: float = Field(365.0, ge=0,
+                                    description="days after OBSJD until program 2/3 data are public")
+    max_cone_radius_arcsec: float = Field(3600.0, gt=0, description="largest cone-search radius")
+    max_forced_positions: int = Field(1500, ge=1, description="positions per forced-photometry job")
+    metadata_public: bool = Field(True, description="image/candidate metadata of proprietary "
+                                  "data is discoverable (pixels and photometry are withheld)")
+    max_rows: int = Field(100000, ge=1, description="most rows a search returns")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class MovingConfig(_Section):
+    """Moving objects (zsds/stages/moving.py) and the alerts' known-object fields."""
+
+    orbits_path: Path | None = Field(None, description="known-asteroid orbit file (CSV or "
+                                     "Parquet, survey-inputs.md); empty: no known-object tagging")
 
 
 class ZsdsConfig(_Section):
@@ -99,7 +139,9 @@ class ZsdsConfig(_Section):
     kafka: KafkaConfig = KafkaConfig()
     processing: ProcessingConfig = ProcessingConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
+    api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
+    moving: MovingConfig = MovingConfig()
 
     @property
     def refcat_path(self) -> Path:
@@ -116,7 +158,7 @@ class ZsdsConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-_PATH_KEYS = {("archive", "root"), ("refcat", "path")}
+_PATH_KEYS = {("archive", "root"), ("refcat", "path"), ("moving", "orbits_path")}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

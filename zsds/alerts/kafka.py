@@ -64,6 +64,9 @@ class AlertDistributor:
         Validate each packet against the schema before archiving (~1 ms per alert).
     on_ack : callable, optional
         ``on_ack(candids, monotonic_time)`` after each acknowledged batch (sender thread).
+    on_archived : callable, optional
+        ``on_archived(paths)`` with the archive files written by each publish call (the
+        pipeline records their checksums, :func:`zsds.archive.verify.record_checksums`).
     producer_options : dict, optional
         Extra ``AIOKafkaProducer`` keyword arguments.
     batch : int
@@ -75,6 +78,7 @@ class AlertDistributor:
     def __init__(self, config=None, *, archive_root=None, bootstrap_servers=None,
                  spool_path=None, validate: bool = False,
                  on_ack: Callable[[list[int], float], None] | None = None,
+                 on_archived: Callable[[list[Path]], None] | None = None,
                  producer_options: Mapping[str, Any] | None = None, batch: int = 500,
                  max_backoff: float = 2.0):
         root = archive_root or (config.archive.root if config is not None else None)
@@ -86,6 +90,7 @@ class AlertDistributor:
         self.bootstrap_servers = bootstrap_servers
         self.validate = validate
         self.on_ack = on_ack
+        self.on_archived = on_archived
         self.batch = batch
         self.max_backoff = max_backoff
         self.producer_options = dict(producer_options or {})
@@ -132,11 +137,13 @@ class AlertDistributor:
         for candid, _, jd, programid, pid, data in rows:
             key = (night_of_jd(jd), int(programid), int(pid))
             files.setdefault(key, []).append((candid, data))
-        where = {}
+        where, paths = {}, []
         for (night, programid, pid), alerts in files.items():
-            path = archive_file(self.root, night, programid, pid)
-            for candid, (offset, length) in write_alerts(path, alerts).items():
-                where[candid] = (path, offset, length)
+            paths.append(archive_file(self.root, night, programid, pid))
+            for candid, (offset, length) in write_alerts(paths[-1], alerts).items():
+                where[candid] = (paths[-1], offset, length)
+        if paths and self.on_archived is not None:
+            self.on_archived(paths)
         entries = [(candid, topic_name(night_of_jd(jd), programid), object_id.encode(),
                     *where[candid]) for candid, object_id, jd, programid, _, _ in rows]
         candids = [r[0] for r in rows]

@@ -17,6 +17,7 @@ table                   one row per                                             
 ``objects``             astrophysical object (association of candidates)                ``object_id``
 ``candidates``          difference-image candidate                                      ``candid``
 ``alerts``              alert packet                                                    ``candid``
+``streaks``             trail of a fast-moving object in a difference image             ``streakid``
 ``object_counters``     objectId counter of a year and field-quadrant block             ``(year, block)``
 ``api_tokens``          API token of the archive API (sha256 hash only)                 ``token_hash``
 ``product_checksums``   archived product file (sha256 and size at write/record time)    ``path``
@@ -36,10 +37,11 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Double, ForeignKe
 
 __all__ = ["metadata", "SCHEMA_VERSION", "exposures", "raw_files", "quadrant_images",
            "quarantine", "calibrations", "processing", "science_images", "reference_images", "objects",
-           "candidates", "alerts", "object_counters", "schema_info", "product_checksums", "api_tokens"]
+           "candidates", "alerts", "object_counters", "schema_info", "product_checksums", "api_tokens",
+           "streaks"]
 
 #: Bumped whenever a table changes incompatibly.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -289,6 +291,45 @@ candidates = Table(
     Column("diffmaglim", Double),
     Column("payload", Text, doc="JSON of the candidate's ZTF alert-schema fields"),
     Index("ix_candidates_dec", "dec"),
+)
+
+streaks = Table(
+    "streaks", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("streakid", BigInteger, nullable=False, unique=True,
+           doc="pid * 10**6 + 900000 + index (zsds.stages.streaks.streak_id)"),
+    Column("streak_index", Integer, nullable=False, doc="row of the quadrant's *_diffimstreaks.fits"),
+    Column("pid", BigInteger, nullable=False),
+    Column("expid", BigInteger, nullable=False, index=True),
+    Column("ccd_id", Integer, nullable=False),
+    Column("qid", Integer, nullable=False),
+    Column("rcid", Integer, nullable=False),
+    Column("field", Integer, nullable=False),
+    Column("programid", Integer),
+    Column("fid", Integer),
+    Column("jd", Double, nullable=False, doc="JD (UTC) of the exposure start, as candidates.jd"),
+    Column("ra", Double, nullable=False, doc="centre of the trail, deg"),
+    Column("dec", Double, nullable=False),
+    Column("ra1", Double, nullable=False, doc="endpoint 1, deg"),
+    Column("dec1", Double, nullable=False),
+    Column("ra2", Double, nullable=False, doc="endpoint 2, deg"),
+    Column("dec2", Double, nullable=False),
+    Column("x1", Double, doc="endpoint 1, FITS 1-based pixel"),
+    Column("y1", Double),
+    Column("x2", Double),
+    Column("y2", Double),
+    Column("length_px", Double, nullable=False),
+    Column("length_arcsec", Double),
+    Column("pa_deg", Double, nullable=False, doc="position angle on the sky, E of N, [0, 180)"),
+    Column("isdiffpos", Boolean, nullable=False),
+    Column("flux", Double, doc="total flux, science DN"),
+    Column("flux_err", Double),
+    Column("snr", Double, doc="total S/N of the trail photometry"),
+    Column("mag", Double),
+    Column("sigmag", Double),
+    Column("created_at", **_ts),
+    Index("ix_streaks_dec", "dec"),
+    Index("ix_streaks_jd", "jd"),
 )
 
 alerts = Table(

@@ -179,7 +179,8 @@ def _run_stages(config: ZsdsConfig, job: QuadrantJob, engine) -> dict:
             records = res.get("candidates", [])
         elif stage == "alerts":
             from ..stages.alerts import build_alerts
-            qa["alerts"] = build_alerts(engine, records, res["cutouts_path"]) if records else []
+            qa["alerts"] = build_alerts(engine, records, res["cutouts_path"],
+                                        orbits_path=config.moving.orbits_path) if records else []
         note = None if qa.get("status", 1) == 1 else _BAD_NOTE
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "done", note)
         if note:
@@ -257,6 +258,14 @@ def _log_exposure(expid: int, outcomes: list[QuadrantOutcome]):
                                           if o.status != "done"))
 
 
+def _checksum_recorder(config: ZsdsConfig):
+    """``on_archived`` callback: record the checksums of alert-archive files as written."""
+    from ..archive.verify import record_checksums
+
+    engine = _engine(config)
+    return lambda paths: record_checksums(engine, config.archive.root, paths)
+
+
 def _chain_key(job: QuadrantJob) -> tuple[int, int, int]:
     return job.field_id, job.ccd_id, job.qid
 
@@ -315,7 +324,8 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
     n_alerts = 0
     if plan.todo:
         from ..alerts.kafka import AlertDistributor
-        with open_client(config) as client, AlertDistributor(config) as alerts:
+        with open_client(config) as client, \
+                AlertDistributor(config, on_archived=_checksum_recorder(config)) as alerts:
             log.info("Dask dashboard: %s", getattr(client, "dashboard_link", "n/a"))
             chains = _chains(plan.todo)
 

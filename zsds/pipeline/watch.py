@@ -72,6 +72,7 @@ class WatchReport:
     files: int = 0
     quadrants: int = 0
     alerts: int = 0
+    unacknowledged: int = 0  # quadrants whose alerts were not all acknowledged within 5 s
     latencies_s: list = field(default_factory=list)
 
     def summary(self) -> str:
@@ -133,7 +134,7 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
 
     from ..stages.ingest import ingest
     from .cluster import open_client
-    from .night import _chain_key, _engine, process_quadrant
+    from .night import _chain_key, _checksum_recorder, _engine, process_quadrant
 
     engine = _engine(config)
     tracker = LandingTracker(settle_s=settle_s)
@@ -143,7 +144,8 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
     busy: dict = {}  # field-quadrant -> exposures waiting for the one running (time order)
     last_new = time.monotonic()
     from ..alerts.kafka import AlertDistributor
-    with open_client(config) as client, AlertDistributor(config) as alerts:
+    with open_client(config) as client, \
+            AlertDistributor(config, on_archived=_checksum_recorder(config)) as alerts:
         pending = as_completed(with_results=False)
         log.info("watching %s (dashboard %s)", incoming, getattr(client, "dashboard_link", "n/a"))
         while True:
@@ -174,7 +176,8 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
                 else:
                     busy.pop(_chain_key(out.job), None)
                 report.alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
-                alerts.drain(timeout=5.0)  # with a broker: until acknowledged
+                if alerts.drain(timeout=5.0):  # with a broker: until acknowledged
+                    report.unacknowledged += 1  # broker slow or down: spooled, sent later
                 report.quadrants += 1
                 latency = time.time() - landed_at.pop(out.job.key, time.time())
                 report.latencies_s.append(latency)

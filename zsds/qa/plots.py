@@ -1,7 +1,9 @@
-"""Figures of the night QA report (matplotlib, Agg backend, PNG bytes out).
+"""Figures of the night QA report (matplotlib, PNG bytes out).
 
 Every function takes the DataFrames of :mod:`zsds.qa.metrics` and returns PNG bytes, so the
-report can both embed them (base64) and save them beside the HTML.
+report can both embed them (base64) and save them beside the HTML. Figures are made with
+:class:`matplotlib.figure.Figure`, not pyplot, so the module neither needs nor changes the
+pyplot backend (notebooks keep their inline plots).
 """
 
 from __future__ import annotations
@@ -9,18 +11,15 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from astropy.time import Time
+from matplotlib.figure import Figure
+from matplotlib.patches import Polygon
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from astropy.time import Time  # noqa: E402
-from matplotlib.patches import Polygon  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ..camera import FULL_SHAPE, load_camera  # noqa: E402
-from .metrics import QUANTITIES, QAThresholds  # noqa: E402
+from ..camera import FULL_SHAPE, load_camera
+from .metrics import QUANTITIES, QAThresholds
 
 __all__ = ["FILTER_COLOURS", "FLAG_COLOURS", "time_series_png", "focal_plane_png",
            "candidates_png", "quadrant_corners"]
@@ -38,7 +37,6 @@ _SHORT = {"seeing": "Seeing FWHM", "maglim": "MAGLIM (5 sigma)", "magzp": "MAGZP
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -66,8 +64,8 @@ def time_series_png(per_image: pd.DataFrame, per_exposure: pd.DataFrame, night: 
     filled markers coloured by filter; exposures flagged red are ringed; dashed lines mark the
     amber and red limits (dotted: the red MAGLIM limit of each filter)."""
     n = len(_TIME_PANELS)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.0 * n + 0.6), sharex=True,
-                             constrained_layout=True)
+    fig = Figure(figsize=(9, 2.0 * n + 0.6), constrained_layout=True)
+    axes = fig.subplots(n, 1, sharex=True)
     filters = sorted(set(per_exposure.get("filter_code", []))
                      | set(per_image.get("filter_code", [])))
     for ax, qty in zip(axes, _TIME_PANELS):
@@ -127,7 +125,8 @@ def focal_plane_png(per_quadrant: pd.DataFrame, qty: str, thresholds: QAThreshol
         vmin, vmax = vmin - 0.5, vmax + 0.5
     norm = matplotlib.colors.Normalize(vmin, vmax)
     cm = matplotlib.colormaps[cmap]
-    fig, ax = plt.subplots(figsize=(5.6, 5.0), constrained_layout=True)
+    fig = Figure(figsize=(5.6, 5.0), constrained_layout=True)
+    ax = fig.subplots()
     for ccd in cam.ccd_ids:
         for qid in cam.qids:
             corners = quadrant_corners(ccd, qid)
@@ -165,7 +164,8 @@ def focal_plane_png(per_quadrant: pd.DataFrame, qty: str, thresholds: QAThreshol
 
 def candidates_png(per_image: np.ndarray) -> bytes:
     """Histogram of the number of candidates per processed quadrant image."""
-    fig, ax = plt.subplots(figsize=(6, 3), constrained_layout=True)
+    fig = Figure(figsize=(6, 3), constrained_layout=True)
+    ax = fig.subplots()
     per_image = np.asarray(per_image, dtype=int)
     if per_image.size:
         top = int(per_image.max())

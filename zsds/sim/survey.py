@@ -10,7 +10,8 @@ Output layout (``OUTDIR``)::
         exposures.parquet       per exposure and quadrant: conditions, zero points, WCS truth
         detector/ccdCC_qQ.fits  static detector truth (BIAS, PIXRESP, ILLUM, DARK, DEFECTS)
         floating_bias.parquet   true raw bias level of every row of every quadrant read
-        sources/<night>/<expid>_cCC_qQ.parquet   every rendered source (if source truth on)
+        sources/<night>/<expid>_cCC_qQ.parquet   every rendered source (if source truth on;
+                                                 asteroid trails: ``trail_dx``, ``trail_dy``)
         transients.parquet, variables.parquet, asteroids.parquet, cosmic_rays.parquet
 """
 
@@ -71,6 +72,9 @@ class SimulationSpec:
         Fraction of stars brighter than r = 19 that are periodic variables.
     n_mba, n_nea : int
         Asteroids (known and unknown) placed in the survey footprint.
+    nea_delta_au : (float, float)
+        Range of the NEAs' topocentric distances (au) when placed; a close range such as
+        (0.005, 0.03) makes most of them streak over more than 10 pixels in 30 s.
     source_truth : bool
         Write per-quadrant source truth tables.
     cloudy_fraction : float
@@ -93,6 +97,7 @@ class SimulationSpec:
     variable_fraction: float = 0.02
     n_mba: int = 40
     n_nea: int = 6
+    nea_delta_au: tuple[float, float] = (0.05, 0.5)
     source_truth: bool = True
     cloudy_fraction: float = 0.0
     n_bias: int = 10
@@ -245,6 +250,8 @@ def _project_scene(scene: QuadrantScene, cond: Conditions, geo, shape, gain):
                           "fwhm_px": fwhm, "beta": beta, "ellip": ellip, "theta": theta})
     sl = render.SourceList(x[keep], y[keep], flux_dn * gain, fwhm, beta, ellip, theta, ext)
     tdx, tdy = scene.trail_dx[keep], scene.trail_dy[keep]
+    # trail across the exposure (pixels; x, y is its midpoint), 0 for fixed sources
+    table["trail_dx"], table["trail_dy"] = tdx, tdy
     return _expand_trails(sl, tdx, tdy), table
 
 
@@ -542,7 +549,7 @@ def simulate(spec: SimulationSpec, progress=None) -> dict:
     sched[[c for c in sched.columns if c != "night"]].to_csv(out / "schedule.csv", index=False)
     jd0, jd1 = float(sched["obsjd"].min()), float(sched["obsjd"].max())
     ast = simulate_asteroids(_asteroid_pointings(circles, sched), jd0, jd1, spec.seed,
-                             spec.n_mba, spec.n_nea)
+                             spec.n_mba, spec.n_nea, nea_delta_au=spec.nea_delta_au)
     public_orbit_table(ast).to_csv(out / "asteroids.csv", index=False)
     truth.mkdir(exist_ok=True)
     ast.to_parquet(truth / "asteroids.parquet", index=False)

@@ -4,7 +4,9 @@ Public entry point: :func:`build_alerts`. For every candidate the subtraction st
 reads the 30-day history at the position from the database (previous detections within
 1.5 arcsec and upper limits of the images that covered it), takes the three cutouts, builds
 the packet in the official schema and serialises it (one Avro container per alert, schema
-embedded). Publishing (archive, spool, Kafka) happens once, in the process that runs the
+embedded). With a known-asteroid orbit file (``moving.orbits_path``), candidates within 5 arcsec
+of a known object's ephemeris get ``ssdistnr``, ``ssmagnr``, ``ssnamenr``
+(:mod:`zsds.alerts.ssobjects`). Publishing (archive, spool, Kafka) happens once, in the process that runs the
 night (:class:`zsds.alerts.kafka.AlertDistributor`), so one producer and one spool writer
 serve the whole night.
 """
@@ -31,7 +33,8 @@ class SerializedAlert:
     pid: int
 
 
-def build_alerts(engine, records: list[dict], cutouts_path) -> list[SerializedAlert]:
+def build_alerts(engine, records: list[dict], cutouts_path, *,
+                 orbits_path=None) -> list[SerializedAlert]:
     """Serialised alert packets of candidate records from :func:`zsds.stages.subtract.subtract_job`.
 
     Parameters
@@ -42,11 +45,17 @@ def build_alerts(engine, records: list[dict], cutouts_path) -> list[SerializedAl
         Candidate records (ZTF field names, ``candid``, ``objectId``, ``index``).
     cutouts_path : path-like
         The quadrant's ``diffimcutouts.fits``.
+    orbits_path : path-like, optional
+        Known-asteroid orbit file: fills the ``ss*`` fields of the records (in place).
     """
     from .subtract import read_cutouts
 
     if not records:
         return []
+    if orbits_path is not None:
+        from ..alerts.ssobjects import tag_records
+
+        tag_records(records, orbits_path)
     cutouts = read_cutouts(cutouts_path)
     out = []
     with engine.connect() as conn:

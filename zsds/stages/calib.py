@@ -32,6 +32,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from .. import __version__
+from ..archive.verify import record_checksums
 from ..camera import load_camera, rcid_of
 from ..core import calib as kern
 from ..core.prepare import prepare_quadrant
@@ -140,11 +141,14 @@ def _register(engine, layout, caltype, night, fc, ccd_id, qid, files, paths, sha
               validity_days) -> str:
     mid = float(np.mean([f["obsjd"] for f in files]))
     rel = {k: (p.relative_to(layout.root).as_posix() if p else None) for k, p in paths.items()}
-    return ops.register_calibration(engine, dict(
+    status = ops.register_calibration(engine, dict(
         caltype=caltype, night=night, filter_code=fc, ccd_id=ccd_id, qid=qid,
         path=rel["main"], unc_path=rel.get("unc"), log_path=rel.get("log"), sha256=sha,
         n_frames=len(files), mid_jd=mid, valid_from_jd=mid - validity_days,
         valid_to_jd=mid + validity_days, status="valid", qa=qa))
+    # the main image's checksum is in calibrations.sha256; its companions are products
+    record_checksums(engine, layout.root, [p for k, p in paths.items() if k != "main" and p])
+    return status
 
 
 def _group(files: list[dict], *keys) -> dict:

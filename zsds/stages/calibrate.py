@@ -34,6 +34,7 @@ from astropy.wcs import WCS
 from sqlalchemy import select
 
 from ..alerts.ids import make_pid
+from ..archive.verify import record_checksums
 from ..camera import load_camera
 from ..config import CalibrateConfig, ZsdsConfig
 from ..core import astrometry, background, detrend, extract, photcal, prepare, psf, psfphot, qaflags
@@ -427,6 +428,7 @@ def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
     res = calibrate_quadrant(raw.primary, quad, frames, refcat, config.calibrate)
     seconds = time.perf_counter() - t0
     rel = _write_products(layout, job, res, frames, seconds)
+    record_checksums(engine, layout.root, rel.values())
     fp = _footprint(res.astrometry, header_wcs, quad.data.shape)
     _register(engine, job, res, rel, fp, seconds, float(raw.primary["AIRMASS"]))
     out = {k: v for k, v in res.qa.items() if isinstance(v, (int, float, bool))}

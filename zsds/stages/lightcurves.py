@@ -32,6 +32,7 @@ import pyarrow as pa
 from astropy.time import Time
 from sqlalchemy import select
 
+from ..archive.verify import forget_missing, record_checksums
 from ..config import ZsdsConfig
 from ..core import lcmatch, lcmetrics, lcrefine
 from ..db import schema as s
@@ -308,6 +309,18 @@ def _safe_partition(root, key, rows, ref, params) -> dict:
                 "rows": None}
 
 
+def _record_checksums(engine, root, store: LightcurveStore, written: list[dict]) -> None:
+    """Checksums of the files a build wrote (``product_checksums``); stale ones forgotten."""
+    files = [store.root / row["path"] for o in written for row in o["rows"]]
+    files += [store.zeropoints_path(o["part"]) for o in written]
+    files += [store.properties_path, store.index_path]
+    for table in ("objects", "detections"):
+        files += [store.root / table / "hats.properties", store.root / table / "partition_info.csv",
+                  store.dataset_dir(table) / "_metadata", store.dataset_dir(table) / "_common_metadata"]
+    record_checksums(engine, root, files)
+    forget_missing(engine, root, store.root.relative_to(root).as_posix())
+
+
 # ---------------------------------------------------------------------------------------
 # the public entry point
 # ---------------------------------------------------------------------------------------
@@ -359,4 +372,5 @@ def build_lightcurves(config: ZsdsConfig, *, start_night: str, end_night: str, c
     if written:
         store.finalize([row for o in written for row in o["rows"]], [o["part"] for o in written],
                        {"objects": object_schema(), "detections": detection_schema()})
+        _record_checksums(engine, config.archive.root, store, written)
     return BuildResult(store, store.order, [{k: v for k, v in o.items() if k != "rows"} for o in outcomes])

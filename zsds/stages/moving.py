@@ -2,7 +2,8 @@
 
 Public entry point :func:`link_moving_objects`. The steps:
 
-1. candidates of the requested nights (``YYYYMMDD``, UTC date as ZTF labels nights) ..... here
+1. candidates and streaks of the requested nights (``YYYYMMDD``, UTC date as ZTF labels
+   nights): a given table, or the operations database (:func:`load_detections`) ...... here
 2. known objects: predicted positions at every exposure, tagging within 5 arcsec;
    tagged candidates take no part in the linking ................ ``core.known_objects``
 3. per night, one Dask task: stationary sources removed, intra-night tracklets ......
@@ -26,7 +27,8 @@ from ..core import known_objects, linking, orbitfit, tracklets as trk
 from ..errors import InputDataError, NoWorkFound
 from ..io import mpc
 
-__all__ = ["link_moving_objects", "night_labels", "tracks_table", "tracks_dir"]
+__all__ = ["link_moving_objects", "night_labels", "tracks_table", "tracks_dir",
+           "load_detections", "on_streaks"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,157 @@ def _write(table: pd.DataFrame, cands: pd.DataFrame, root, last_night: str) -> N
     log.info("wrote %d tracks to %s", len(table), out)
 
 
+# ---------------------------------------------------------------------------------------
+# detections from the operations database
+# ---------------------------------------------------------------------------------------
+def _night_jd_range(nights) -> tuple[float, float]:
+    """JD (UTC) from the start of the first night's date to the end of the last one's."""
+    dates = sorted(f"{n[:4]}-{n[4:6]}-{n[6:]}" for n in nights)
+    t = Time([dates[0], dates[-1]], format="iso", scale="utc").jd
+    return float(t[0]) - 0.01, float(t[1]) + 1.01
+
+
+def _query(engine, stmt) -> pd.DataFrame:
+    with engine.connect() as conn:
+        result = conn.execute(stmt)
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _db_candidates(engine, jd0, jd1) -> pd.DataFrame:
+    from sqlalchemy import select
+
+    from ..db import schema as s
+
+    c, e = s.candidates.c, s.exposures.c
+    stmt = (select(c.candid, c.pid, c.expid, c.ccd_id, c.qid, c.jd.label("obsjd"), c.ra, c.dec,
+                   c.magpsf, c.sigmapsf, c.rb, c.fid, c.programid, c.isdiffpos,
+                   e.exptime, e.field_id.label("field"))
+            .join(s.exposures, e.expid == c.expid)
+            .where(c.jd >= jd0, c.jd < jd1, c.isdiffpos.is_(True)))
+    df = _query(engine, stmt)
+    df["source"] = "candidate"
+    return df
+
+
+def _db_streaks(engine, jd0, jd1) -> pd.DataFrame:
+    from sqlalchemy import select
+
+    from ..db import schema as s
+
+    c, e = s.streaks.c, s.exposures.c
+    stmt = (select(c.streakid.label("candid"), c.pid, c.expid, c.ccd_id, c.qid,
+                   c.jd.label("obsjd"), c.ra, c.dec, c.mag.label("magpsf"),
+                   c.sigmag.label("sigmapsf"), c.fid, c.programid, c.isdiffpos, c.ra1, c.dec1,
+                   c.ra2, c.dec2, c.length_arcsec.label("length"), c.pa_deg.label("pa"),
+                   e.exptime, c.field)
+            .join(s.exposures, e.expid == c.expid)
+            .where(c.jd >= jd0, c.jd < jd1, c.isdiffpos.is_(True)))
+    df = _query(engine, stmt)
+    df["rb"] = np.nan
+    df["source"] = "streak"
+    return df
+
+
+def on_streaks(points: pd.DataFrame, streaks: pd.DataFrame,
+               tol_arcsec: float = 3.0) -> np.ndarray:
+    """True for point detections lying on a streak of the same quadrant image (``pid``).
+
+    A trail is also found, in pieces, by the point-source detection; those pieces would
+    make false tracklets beside the streak. A point is on a streak when its distance to
+    the segment ``(ra1, dec1)``-``(ra2, dec2)`` is at most `tol_arcsec`.
+
+    Parameters
+    ----------
+    points : pandas.DataFrame
+        ``pid``, ``ra``, ``dec`` (deg).
+    streaks : pandas.DataFrame
+        ``pid``, ``ra``, ``dec`` (centre), ``ra1``, ``dec1``, ``ra2``, ``dec2``.
+    tol_arcsec : float
+
+    Returns
+    -------
+    ndarray of bool, one per point.
+    """
+    out = np.zeros(len(points), dtype=bool)
+    if len(points) == 0 or len(streaks) == 0:
+        return out
+    pid = points["pid"].to_numpy()
+    for spid, group in streaks.groupby("pid"):
+        rows = np.flatnonzero(pid == spid)
+        if rows.size == 0:
+            continue
+        for st in group.itertuples(index=False):
+            x, y = trk.tangent_plane(points["ra"].to_numpy()[rows],
+                                     points["dec"].to_numpy()[rows], st.ra, st.dec)
+            x1, y1 = trk.tangent_plane(st.ra1, st.dec1, st.ra, st.dec)
+            x2, y2 = trk.tangent_plane(st.ra2, st.dec2, st.ra, st.dec)
+            dx, dy = x2 - x1, y2 - y1
+            t = np.clip(((x - x1) * dx + (y - y1) * dy) / max(dx * dx + dy * dy, 1e-18), 0, 1)
+            d = np.hypot(x - (x1 + t * dx), y - (y1 + t * dy)) * 3600.0
+            out[rows] |= d <= tol_arcsec
+    return out
+
+
+def load_detections(config, nights) -> pd.DataFrame:
+    """Positive candidates and streaks of the nights from the operations database.
+
+    Parameters
+    ----------
+    config : ZsdsConfig
+    nights : sequence of str
+        ``YYYYMMDD``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per detection: ``candid`` (the streak's ``streakid`` for streaks), ``jd``
+        (mid-exposure, JD UTC: the database's exposure start plus half the exposure time),
+        ``obsjd`` (exposure start), ``ra``, ``dec``, ``magpsf``, ``sigmapsf``, ``fid``,
+        ``field``, ``rcid``, ``pid``, ``expid``, ``isdiffpos`` ('t'), ``rb`` (NaN for
+        streaks), ``source`` ('candidate' or 'streak'); streak columns ``ra1``, ``dec1``,
+        ``ra2``, ``dec2``, ``length`` (arcsec), ``pa`` (deg E of N), NaN for points.
+        Negative detections (``isdiffpos`` 'f': flux gone from the reference) are left
+        out, and so are point candidates lying on a streak (:func:`on_streaks`).
+    """
+    from ..db.ops import engine_from_config
+
+    engine = engine_from_config(config)
+    jd0, jd1 = _night_jd_range([str(n) for n in nights])
+    cands, streaks = _db_candidates(engine, jd0, jd1), _db_streaks(engine, jd0, jd1)
+    cands = cands.loc[~on_streaks(cands, streaks)]
+    out = pd.concat([d for d in (cands, streaks) if len(d)], ignore_index=True) \
+        if len(cands) or len(streaks) else cands
+    for col in ("ra1", "dec1", "ra2", "dec2", "length", "pa"):
+        if col not in out:
+            out[col] = np.nan
+    out["jd"] = out["obsjd"].astype(float) + out["exptime"].astype(float) / 172800.0
+    out["rcid"] = 4 * (out["ccd_id"].astype(int) - 1) + out["qid"].astype(int) - 1
+    out["isdiffpos"] = "t"
+    out["candid"] = out["candid"].astype(np.int64)
+    return out.sort_values(["jd", "candid"], ignore_index=True)
+
+
+def _db_exposures(config, detections: pd.DataFrame) -> pd.DataFrame | None:
+    """Quadrant circles of the detections' images (``science_images``), for the ephemerides."""
+    from sqlalchemy import select
+
+    from ..db import schema as s
+    from ..db.ops import engine_from_config
+
+    if detections.empty:
+        return None
+    c, e = s.science_images.c, s.exposures.c
+    expids = sorted({int(v) for v in detections["expid"]})
+    stmt = (select(c.pid.label("expid"), c.obsjd, c.ra, c.dec, c.radius_deg, e.exptime)
+            .join(s.exposures, e.expid == c.expid).where(c.expid.in_(expids)))
+    df = _query(engine_from_config(config), stmt).dropna(subset=["ra", "dec", "radius_deg"])
+    if df.empty:
+        return None
+    df["jd"] = df["obsjd"].astype(float) + df["exptime"].astype(float) / 172800.0
+    df["radius_deg"] = df["radius_deg"].astype(float) + 0.01
+    return df.loc[:, list(known_objects.EXPOSURE_COLUMNS)]
+
+
 def link_moving_objects(config_or_tables, nights, client=None, *, candidates=None,
                         orbits=None, exposures=None,
                         params: linking.LinkParams = linking.LinkParams(),
@@ -161,13 +314,17 @@ def link_moving_objects(config_or_tables, nights, client=None, *, candidates=Non
         Per-night tracklet building runs as one task per night on it.
     candidates : pandas.DataFrame or path, optional
         Candidate table (``candid``, ``jd`` (mid-exposure), ``ra``, ``dec``, ``magpsf``,
-        ``fid``, ``field``, ``pid``; streak columns ``length``, ``pa`` optional). Required
-        with a configuration until the subtraction stage writes candidates to the archive.
+        ``fid``, ``field``, ``pid``; streak columns ``ra1``, ``dec1``, ``ra2``, ``dec2``,
+        ``length``, ``pa`` optional). With a configuration and no table, the candidates
+        and streaks of the nights are read from the operations database
+        (:func:`load_detections`).
     orbits : pandas.DataFrame or path, optional
-        Known-asteroid orbit file; tagged candidates are not linked.
+        Known-asteroid orbit file; tagged candidates are not linked. Default with a
+        configuration: ``moving.orbits_path`` (no tagging when that is empty).
     exposures : pandas.DataFrame, optional
-        Exposure circles for :func:`zsds.core.known_objects.predict_positions`; derived
-        from the candidates when absent.
+        Exposure circles for :func:`zsds.core.known_objects.predict_positions`; default:
+        the quadrant footprints of the database (detections read from it), else circles
+        derived from the candidates.
     params : zsds.core.linking.LinkParams
     hypotheses : ndarray, optional
         (r, rdot) grid (:func:`zsds.core.linking.default_hypotheses`).
@@ -183,9 +340,13 @@ def link_moving_objects(config_or_tables, nights, client=None, *, candidates=Non
     """
     config = None if isinstance(config_or_tables, pd.DataFrame) else config_or_tables
     source = config_or_tables if config is None else candidates
-    if source is None:
-        raise InputDataError("candidates", "no candidate table given (--candidates)")
     nights = [str(n) for n in nights]
+    if source is None:
+        source = load_detections(config, nights)
+        if exposures is None:
+            exposures = _db_exposures(config, source)
+    if orbits is None and config is not None:
+        orbits = config.moving.orbits_path
     cands = _read_table(source)
     cands = cands.assign(night=night_labels(cands["jd"].to_numpy()))
     cands = cands.loc[cands["night"].isin(nights)].sort_values("jd", ignore_index=True)

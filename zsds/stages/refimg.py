@@ -30,6 +30,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 from sqlalchemy import func, select
 
+from ..archive.verify import record_checksums, tree_files
 from ..camera import load_camera
 from ..config import ZsdsConfig
 from ..core import astrometry, background, coadd, extract, photcal, psf, psfphot
@@ -359,6 +360,8 @@ def build_reference(config: ZsdsConfig, field: int, filter_code: str, ccd: int, 
     out = _build(config, layout, key, rows, version, params)
     _register(engine, key, version, out["paths"], out["zarr_group"], out["info"], out["qa"],
               digest, params)
+    record_checksums(engine, layout.root,
+                     [*out["paths"].values(), *tree_files(layout.root, out["zarr_group"])])
     log.info("reference %s v%d from %d images in %.1f s", key, version, len(rows),
              time.perf_counter() - t0)
     qa = {k: v for k, v in out["qa"].items() if not isinstance(v, list)}
@@ -436,10 +439,17 @@ def build_references(config: ZsdsConfig, *, field: int | None = None, filter_cod
     keys = _candidates(engine, field, filter_code, ccd, qid, min_frames)
     params = ReferenceParams(**{**asdict(params or ReferenceParams()), "min_frames": int(min_frames)})
     if client is None:
-        return [_safe_build(config, k, params) for k in keys]
-    futures = [client.submit(_safe_build, config, k, params, pure=False,
-                             key=f"refimg-{k[0]}-{k[1]}-{k[2]}-{k[3]}") for k in keys]
-    return client.gather(futures)
+        results = [_safe_build(config, k, params) for k in keys]
+    else:
+        futures = [client.submit(_safe_build, config, k, params, pure=False,
+                                 key=f"refimg-{k[0]}-{k[1]}-{k[2]}-{k[3]}") for k in keys]
+        results = client.gather(futures)
+    # the Zarr metadata shared by the quadrants of a store, once all tasks have written
+    layout = ArchiveLayout(config.archive.root)
+    stores = {zarr_store.store_path(layout, k[0]) for k in keys}
+    record_checksums(engine, layout.root, [f for st in sorted(stores) if st.exists()
+                                           for f in tree_files(layout.root, st, metadata_only=True)])
+    return results
 
 
 def _safe_build(config, key, params) -> dict:

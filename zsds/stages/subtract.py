@@ -15,6 +15,8 @@ current reference of the quadrant, writes the ``sci/`` products, registers candi
    ``scimrefdiffimgscorr.fits.fz``, ``diffimgpsf.fits`` (P_D), ``diffimcands.fits`` (all
    detections with ``filter_bits`` and ``rb``), ``diffimcutouts.fits`` (63x63 science /
    reference / difference cutouts of the kept candidates), ``diffimlog.txt``.
+8. streaks (trails of fast-moving objects) on S_corr / D_flux: ``diffimstreaks.fits``
+   (table and cutouts), database table ``streaks`` ....................... ``stages.streaks``
 
 The reference PSF on the science grid: bilinear resampling at sub-pixel phase ``(tx, ty)``
 turns the reference PSF ``P`` into ``sum_ab w_a(tx) w_b(ty) P(. - (tx - a), . - (ty - b))``
@@ -38,6 +40,7 @@ from sqlalchemy import delete, select, update
 
 from ..alerts.ids import make_candid, make_pid
 from ..alerts.packet import CUTOUT_SIZE, make_cutout
+from ..archive.verify import record_checksums
 from ..core import align, background, candidates as cands, diffpsf, fluxmatch, realbogus, zogy
 from ..core.psf import PSFModel
 from ..db import schema as s
@@ -53,7 +56,7 @@ __all__ = ["SubtractionResult", "subtract_images", "subtract_job", "read_cutouts
 log = logging.getLogger(__name__)
 
 DIFF_SUFFIXES = ("scimrefdiffimg.fits.fz", "scimrefdiffimgscorr.fits.fz", "diffimgpsf.fits",
-                 "diffimcands.fits", "diffimcutouts.fits", "diffimlog.txt")
+                 "diffimcands.fits", "diffimcutouts.fits", "diffimlog.txt", "diffimstreaks.fits")
 _FID = {"zg": 1, "zr": 2, "zi": 3}
 _PIXSCALE = 1.012
 _MATCH_ARCSEC = 30.0
@@ -97,6 +100,10 @@ class SubtractionResult:
         Suffix -> written product path.
     qa : dict
         Numbers for the log and the night report (S_corr statistics, counts, timing, n_fft).
+    streaks : astropy.table.Table or None
+        Streaks (:func:`zsds.stages.streaks.find_streaks`, pixels 0-based).
+    streak_cutouts : dict
+        ``index -> (science, reference, difference)`` cutouts of the streaks.
     """
 
     candidates: Table
@@ -106,6 +113,8 @@ class SubtractionResult:
     cutouts: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
     qa: dict = field(default_factory=dict)
+    streaks: Table | None = None
+    streak_cutouts: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -510,6 +519,35 @@ def _scorr_stats(z, footprint, excl) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
+# streaks (zsds.stages.streaks)
+# ---------------------------------------------------------------------------------------
+def _add_streaks(out: SubtractionResult, sci: _Image, ref_scaled, bad, excl, apcorr) -> None:
+    """Detect the streaks of the difference image; fill ``out.streaks`` and its cutouts."""
+    from .streaks import find_streaks, streak_cutouts
+
+    z = out.zogy
+    var_flux = _diff_images(z, sci, bad, apcorr).var_flux
+    out.streaks = find_streaks(z.S_corr, z.D_flux, var_flux, z.P_D, bad, excl, sci.wcs, sci.zp,
+                               apcorr)
+    out.streak_cutouts = streak_cutouts(out.streaks, sci.data, ref_scaled, z.D_flux)
+    out.qa["n_streaks"] = len(out.streaks)
+
+
+def _write_streak_product(out: SubtractionResult, sci: _Image, lim) -> None:
+    from .streaks import write_streaks
+
+    write_streaks(out.paths["diffimstreaks.fits"], out.streaks, out.streak_cutouts,
+                  _diff_header(sci, out.zogy, lim))
+
+
+def _register_streaks(engine, job, pid, streaks) -> None:
+    from .streaks import register_streaks, streak_records
+
+    register_streaks(engine, job, streak_records(streaks, job, pid, _FID.get(job.filter_code))
+                     if streaks is not None else [])
+
+
+# ---------------------------------------------------------------------------------------
 # public
 # ---------------------------------------------------------------------------------------
 def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=None,
@@ -556,10 +594,12 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
           **_scorr_stats(z, res.footprint, excl)}
     cut = _cutouts(t, sci.data, ref_scaled, z.D_flux)
     out = SubtractionResult(t, z, lim, res.footprint, cut, {}, qa)
+    _add_streaks(out, sci, ref_scaled, bad, excl, cal["apcorr"])
     if out_dir is not None:
         stem = prefix or Path(sci_path).name.replace("sciimg.fits", "")
         out.paths = {sfx: Path(out_dir) / f"{stem}{sfx}" for sfx in DIFF_SUFFIXES}
         _write_products(out.paths, sci, z, t, cut, lim, qa)
+        _write_streak_product(out, sci, lim)
     qa["seconds"] = time.perf_counter() - t0
     return out
 
@@ -663,9 +703,11 @@ def subtract_job(config, job, engine) -> dict:
     out_dir = sci_path.parent
     r = subtract_images(sci_path, layout.root / refrow["path"], out_dir=out_dir,
                         threads=config.processing.fft_threads)
+    record_checksums(engine, layout.root, r.paths.values())
     pid = make_pid(job.filefracday, 4 * (job.ccd_id - 1) + job.qid - 1)
     records = _records(r.candidates, job, pid, r.diffmaglim, refrow, sci_row)
     object_ids = _register(engine, job, pid, records, r.diffmaglim, sci_row.get("footprint"))
+    _register_streaks(engine, job, pid, r.streaks)
     for rec, oid in zip(records, object_ids):
         rec["objectId"] = oid
     qa = {k: v for k, v in r.qa.items() if isinstance(v, (int, float))}

@@ -1,0 +1,1 @@
+"""Archive curation: data releases, integrity verification and table export."""
