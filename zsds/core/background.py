@@ -43,12 +43,26 @@ def _sep_background(image, mask, box, filter_size):
     return sep.Background(image, mask=mask, bw=box, bh=box, fw=filter_size, fh=filter_size)
 
 
-def _source_mask(image, bkg, mask, nsigma=3.0, grow=3):
-    """Pixels of sources detected above ``nsigma`` (3x3 smoothed), grown by ``grow`` pixels."""
-    sub = image - bkg.back()
-    _, seg = sep.extract(sub, nsigma, err=bkg.rms(), mask=mask, minarea=5,
-                         segmentation_map=True, deblend_cont=1.0)
-    return ndimage.binary_dilation(seg > 0, iterations=grow)
+_SMOOTH = np.array([1.0, 2.0, 1.0], np.float32) / 4.0
+
+
+def _source_mask(image, bkg, mask, nsigma=3.0, grow=3, minarea=5):
+    """Pixels of sources above ``nsigma`` background sigma after a 3x3 (1-2-1) smoothing,
+    in groups of at least ``minarea`` connected pixels, grown by ``grow`` pixels.
+
+    Linear in the number of pixels whatever the image holds (a cloudy or nebulous quadrant
+    whose structure percolates into one huge "source" costs the same as an empty one).
+    """
+    sub = np.where(mask, np.float32(0), image - bkg.back())
+    smooth = ndimage.correlate1d(ndimage.correlate1d(sub, _SMOOTH, axis=0), _SMOOTH, axis=1)
+    # noise of the smoothed image: the 1-2-1 x 1-2-1 kernel scales white noise by 3/8
+    above = smooth > nsigma * 0.375 * bkg.rms()
+    labels, n = ndimage.label(above)
+    if n == 0:
+        return above
+    big = np.bincount(labels.ravel(), minlength=n + 1) >= minarea
+    big[0] = False
+    return ndimage.binary_dilation(big[labels], iterations=grow)
 
 
 def background_maps(image, mask=None, *, box: int = 64, filter_size: int = 3,

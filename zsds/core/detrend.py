@@ -40,6 +40,9 @@ def cosmic_ray_mask(image, variance_floor_dn2, gain: float, read_noise_e: float,
                     saturate_dn: float, bad=None, sigclip: float = 5.0, objlim: float = 5.0):
     """Cosmic-ray pixels by L.A.Cosmic (van Dokkum 2001) as implemented by astroscrappy.
 
+    One iteration: on a full-size quadrant a second one finds ~3% more pixels (neighbours of
+    those already found) for ~70% more time (5.4 s vs 9.2 s of CPU).
+
     Parameters
     ----------
     image : float32
@@ -56,7 +59,7 @@ def cosmic_ray_mask(image, variance_floor_dn2, gain: float, read_noise_e: float,
     crmask, _ = astroscrappy.detect_cosmics(
         np.ascontiguousarray(image, dtype=np.float32), inmask=bad, gain=gain,
         readnoise=read_noise_e, sigclip=sigclip, objlim=objlim, satlevel=saturate_dn,
-        niter=2, sepmed=True, cleantype="meanmask", fsmode="median")
+        niter=1, sepmed=True, cleantype="meanmask", fsmode="median")
     return crmask
 
 

@@ -28,15 +28,23 @@ def select_stars(image, rms, bad, *, snr_min: float = 50.0, max_stars: int = 100
     x, y = obj["x"], obj["y"]
     ny, nx = data.shape
     snr = obj["flux"] / np.sqrt(obj["npix"] * np.median(rms) ** 2 + np.abs(obj["flux"]) * 0.0 + 1e-9)
-    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
-    np.fill_diagonal(d, np.inf)
-    ok = (snr >= snr_min) & (d.min(1) > isolation) & (x > edge) & (y > edge) \
+    ok = (snr >= snr_min) & (_nearest_neighbour(x, y) > isolation) & (x > edge) & (y > edge) \
         & (x < nx - 1 - edge) & (y < ny - 1 - edge) & (obj["flag"] == 0)
     if peak_max is not None:
         ok &= obj["peak"] < peak_max
     ok &= _clean(bad, x, y)
     order = np.argsort(-obj["flux"][ok])[:max_stars]
     return x[ok][order], y[ok][order]
+
+
+def _nearest_neighbour(x, y):
+    """Distance of each point to its nearest other point (inf if alone), pixels."""
+    from scipy.spatial import cKDTree
+
+    if len(x) < 2:
+        return np.full(len(x), np.inf)
+    d, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+    return d[:, 1]
 
 
 def _clean(bad, x, y, half=6):

@@ -26,7 +26,6 @@ Conventions: numpy ``[y, x]``, 0-based pixel coordinates (pixel centres at integ
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numba
@@ -175,6 +174,16 @@ def disc(half, radius, inner=0.0):
     return (r2 <= radius**2) & (r2 >= inner**2)
 
 
+def _row_median(values, ok):
+    """Median of each row over its ``ok`` entries (NaN for a row with none); the same as
+    ``np.nanmedian`` on the masked rows, ~20x faster (one sort instead of masked arrays)."""
+    s = np.sort(np.where(ok, values, np.inf), axis=1)
+    n = ok.sum(1)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[:, None], 1)[:, 0]
+    hi = np.take_along_axis(s, np.minimum(n // 2, s.shape[1] - 1)[:, None], 1)[:, 0]
+    return np.where(n > 0, 0.5 * (lo + hi), np.nan)
+
+
 def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
     """Local sky of each stamp: sigma-clipped mean of its pixels with ``r_in <= r <= r_out``.
 
@@ -202,11 +211,8 @@ def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
     v = stamps[:, ring].astype(np.float64)
     ok = valid[:, ring].copy()
     for _ in range(n_iter):
-        vv = np.where(ok, v, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(vv, axis=1)
-            sig = 1.4826 * np.nanmedian(np.abs(vv - med[:, None]), axis=1)
+        med = _row_median(v, ok)
+        sig = 1.4826 * _row_median(np.abs(v - med[:, None]), ok)
         ok &= np.abs(v - med[:, None]) <= nsigma * np.where(sig > 0, sig, np.inf)[:, None]
     n = ok.sum(1)
     sky = np.where(n > 0, (v * ok).sum(1) / np.maximum(n, 1), 0.0)

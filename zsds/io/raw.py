@@ -66,7 +66,8 @@ class RawQuadrant:
 
 @dataclass
 class RawExposure:
-    """One raw CCD file: primary header and four quadrants (``quadrants[qid - 1]``)."""
+    """One raw CCD file: primary header and four quadrants (``quadrants[qid - 1]``; None for a
+    quadrant whose pixels were not read, see :func:`read_raw`)."""
 
     path: Path
     primary: fits.Header
@@ -209,18 +210,18 @@ def _check_structure(path: Path, hdul: fits.HDUList) -> list[str]:
     return out
 
 
-def _load_pixels(hdul: fits.HDUList) -> tuple[list[np.ndarray], list[str]]:
-    arrays, out = [], []
-    for i in range(1, 9):
+def _load_pixels(hdul: fits.HDUList, qids=(1, 2, 3, 4)) -> tuple[list[np.ndarray], list[str]]:
+    """Pixels of the quadrant and overscan HDUs of ``qids`` (None for the others)."""
+    arrays, out = [None] * 8, []
+    for i in sorted({q for q in qids} | {q + 4 for q in qids}):
         try:
             arr = np.asarray(hdul[i].data)
         except Exception as exc:  # noqa: BLE001 - any decompression failure is a violation
             out.append(f"HDU {i}: pixels cannot be read or decompressed ({type(exc).__name__}: {exc})")
-            arrays.append(None)
             continue
         if arr is None or arr.ndim != 2:
             out.append(f"HDU {i}: no 2-D pixel data")
-        arrays.append(arr)
+        arrays[i - 1] = arr
     return arrays, out
 
 
@@ -230,8 +231,11 @@ def _open(path: Path):
         return fits.open(path, memmap=False, lazy_load_hdus=False)
 
 
-def _inspect(path: Path, load: bool):
-    """Open, check and optionally load a raw file: (primary, quadrant list, violations)."""
+def _inspect(path: Path, load: bool, qids=(1, 2, 3, 4)):
+    """Open, check and optionally load a raw file: (primary, quadrant list, violations).
+
+    Headers and structure are always checked in full; pixels are decompressed (and their
+    readability checked) for the quadrants ``qids`` only."""
     path = Path(path)
     if not path.exists():
         return None, None, ["file: does not exist"]
@@ -249,13 +253,13 @@ def _inspect(path: Path, load: bool):
             return None, None, [f"file: damaged FITS structure ({type(exc).__name__}: {exc})"]
         if len(hdul) != 9:
             return None, None, problems
-        arrays, pix_problems = _load_pixels(hdul)
+        arrays, pix_problems = _load_pixels(hdul, qids)
         problems += pix_problems
         if problems or not load:
             return hdul[0].header.copy(), None, problems
         quads = [RawQuadrant(arrays[q].astype(np.uint16, copy=False), arrays[q + 4]
                              .astype(np.uint16, copy=False), hdul[q + 1].header.copy())
-                 for q in range(4)]
+                 if q + 1 in qids else None for q in range(4)]
         return hdul[0].header.copy(), quads, []
 
 
@@ -275,8 +279,15 @@ def validate_raw(path: str | os.PathLike) -> list[str]:
     return _inspect(Path(path), load=False)[2]
 
 
-def read_raw(path: str | os.PathLike) -> RawExposure:
+def read_raw(path: str | os.PathLike, qids=(1, 2, 3, 4)) -> RawExposure:
     """Read and validate a raw file.
+
+    Parameters
+    ----------
+    path : path-like
+    qids : sequence of int
+        Quadrants whose pixels are read (a per-quadrant task reads one; the others are None
+        in ``quadrants``). Headers are checked for all four.
 
     Raises
     ------
@@ -284,7 +295,10 @@ def read_raw(path: str | os.PathLike) -> RawExposure:
         If the file violates the format; ``.violations`` lists every problem.
     """
     path = Path(path)
-    primary, quads, problems = _inspect(path, load=True)
+    unknown = set(qids) - {1, 2, 3, 4}
+    if unknown:
+        raise ValueError(f"qids must be in 1..4, not {sorted(unknown)}")
+    primary, quads, problems = _inspect(path, load=True, qids=tuple(qids))
     if problems:
         raise RawFormatError(str(path), problems)
     return RawExposure(path, primary, quads)

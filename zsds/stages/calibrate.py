@@ -416,7 +416,7 @@ def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
     """
     t0 = time.perf_counter()
     layout = ArchiveLayout(config.archive.root)
-    raw = read_raw(layout.root / job.raw_path)
+    raw = read_raw(layout.root / job.raw_path, qids=(job.qid,))
     quad = raw.quadrants[job.qid - 1]
     frames = load_calibrations(engine, layout, job.ccd_id, job.qid, job.filter_code, job.obsjd)
     if frames.bias.shape != quad.data.shape:
