@@ -42,7 +42,7 @@ from zsds.db import ops  # noqa: E402
 from zsds.io.paths import ArchiveLayout  # noqa: E402
 from zsds.io.products import read_table  # noqa: E402
 from zsds.io.refcat import apply_proper_motion, read_refcat  # noqa: E402
-from zsds.stages.refimg import ReferenceParams, build_reference, reference_grid, select_inputs  # noqa: E402
+from zsds.stages.refimg import ReferenceParams, build_reference, select_inputs  # noqa: E402
 
 
 def _single_noise(layout, row, zp):

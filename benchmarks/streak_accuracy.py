@@ -92,7 +92,8 @@ def prepare(work: Path, size: tuple[int, int], n_nea: int, exposures: int, seed:
                                 quad_shape=size, filters=["zr"], exposures_per_night=exposures,
                                 n_bias=3, n_flat=3, seed=seed, n_mba=5, n_nea=n_nea,
                                 nea_delta_au=(0.005, 0.04), n_transients=5, sky_mag=sky_mag))
-        out["seconds_simulate"] = time.perf_counter() - t0
+        out.update(seconds_simulate=time.perf_counter() - t0, size="x".join(map(str, size)),
+                   n_nea=n_nea, seed=seed, sky_mag=sky_mag, exposures=exposures)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
                       dashboard_address=":0") as cluster:
         config = _config(work, cluster.scheduler_address)
@@ -118,8 +119,9 @@ def _truth_trails(work: Path, expid: int, ccd: int, qid: int, shape, edge: float
     a["x1"], a["y1"] = a["x"] - 0.5 * a["trail_dx"], a["y"] - 0.5 * a["trail_dy"]
     a["x2"], a["y2"] = a["x"] + 0.5 * a["trail_dx"], a["y"] + 0.5 * a["trail_dy"]
     ny, nx = shape
-    inside = ((a[["x1", "x2"]].min(axis=1) >= edge) & (a[["x1", "x2"]].max(axis=1) <= nx - 1 - edge)
-              & (a[["y1", "y2"]].min(axis=1) >= edge) & (a[["y1", "y2"]].max(axis=1) <= ny - 1 - edge))
+    xs, ys = a[["x1", "x2"]], a[["y1", "y2"]]
+    inside = ((xs.min(axis=1) >= edge) & (xs.max(axis=1) <= nx - 1 - edge)
+              & (ys.min(axis=1) >= edge) & (ys.max(axis=1) <= ny - 1 - edge))
     return a, inside.to_numpy()
 
 
@@ -157,7 +159,8 @@ def _near_any(det: pd.DataFrame, trails: pd.DataFrame, tol: float = 3.0) -> np.n
         return np.zeros(len(det), bool)
     px, py = det["xc"].to_numpy()[:, None], det["yc"].to_numpy()[:, None]
     x1, y1 = trails["x1"].to_numpy()[None], trails["y1"].to_numpy()[None]
-    dx, dy = (trails["x2"] - trails["x1"]).to_numpy()[None], (trails["y2"] - trails["y1"]).to_numpy()[None]
+    dx = (trails["x2"] - trails["x1"]).to_numpy()[None]
+    dy = (trails["y2"] - trails["y1"]).to_numpy()[None]
     t = np.clip(((px - x1) * dx + (py - y1) * dy) / np.maximum(dx * dx + dy * dy, 1e-9), 0, 1)
     d = np.hypot(px - (x1 + t * dx), py - (y1 + t * dy))
     return (d <= tol + 2.0).any(axis=1)
@@ -212,26 +215,36 @@ def _time_streak_step(stem: Path, d_flux, psf) -> float:
     return time.perf_counter() - t0
 
 
+def _percentiles(values, pct=(50, 90, 95, 100)) -> dict:
+    v = np.asarray(values, float)
+    return dict(zip(map(str, pct), np.percentile(np.where(np.isfinite(v), v, 99.0), pct)
+                    .round(2).tolist())) if v.size else {}
+
+
 def _summarise(df: pd.DataFrame, n_images, n_false_pos, n_false_neg, area, seconds) -> dict:
     if df.empty:
         return {"images": n_images, "truth_trails": 0}
-    good = df["snr_per_px"] >= 10.0
+    snr = df["snr_per_px"]
+    good = snr >= 10.0
     bins = [(0, 3), (3, 5), (5, 7), (7, 10), (10, 20), (20, 1e9)]
-    by_snr = {f"{a:g}-{b:g}": [int(df.loc[(df.snr_per_px >= a) & (df.snr_per_px < b), "found"].sum()),
-                               int(((df.snr_per_px >= a) & (df.snr_per_px < b)).sum())]
-              for a, b in bins}
+    by_snr = {}
+    for a, b in bins:
+        sel = (snr >= a) & (snr < b)
+        by_snr[f"{a:g}-{b:g}"] = [int(df.loc[sel, "found"].sum()), int(sel.sum())]
     found = df[df["found"]]
-    pct = [50, 90, 95, 100]
     scale = FULL_AREA / max(area, 1)
     return {
-        "images": n_images, "truth_trails_gt10px": len(df), "truth_trails_snr_ge_10": int(good.sum()),
-        "completeness_snr_ge_10_endpoints_3px": float(df.loc[good, "found"].mean()) if good.any() else None,
+        "images": n_images, "truth_trails_gt10px": len(df),
+        "truth_trails_snr_ge_10": int(good.sum()),
+        "completeness_snr_ge_10_endpoints_3px":
+            float(df.loc[good, "found"].mean()) if good.any() else None,
         "found_by_true_snr_per_px": by_snr,
-        "endpoint_err_px_percentiles_found": dict(zip(map(str, pct), np.percentile(found["endpoint_err"], pct).round(2).tolist())),
-        "endpoint_err_px_percentiles_snr_ge_10": dict(zip(map(str, pct), np.percentile(df.loc[good, "endpoint_err"].replace(np.inf, 99.0), pct).round(2).tolist())) if good.any() else None,
+        "endpoint_err_px_percentiles_found": _percentiles(found["endpoint_err"]),
+        "endpoint_err_px_percentiles_snr_ge_10": _percentiles(df.loc[good, "endpoint_err"]),
         "length_err_px_median": float(found["length_err"].median()),
         "theta_err_deg_abs_p90": float(np.percentile(np.abs(found["theta_err"]), 90)),
-        "snr_per_px_measured_over_true_median": float((found["snr_per_px_measured"] / found["snr_per_px"]).median()),
+        "snr_per_px_measured_over_true_median":
+            float((found["snr_per_px_measured"] / found["snr_per_px"]).median()),
         "flux_measured_over_true_median": float(found["flux_ratio"].median()),
         "false_positive_streaks": n_false_pos, "false_negative_streaks": n_false_neg,
         "false_positive_per_full_quadrant": n_false_pos * scale,
@@ -244,7 +257,8 @@ def _summarise(df: pd.DataFrame, n_images, n_false_pos, n_false_neg, area, secon
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workdir", nargs="?", type=Path, default=Path("/tmp/zsds-streak-bench"))
-    ap.add_argument("--size", default="1024x1024", help="ROWSxCOLS of the quadrant (3080x3072: full)")
+    ap.add_argument("--size", default="1024x1024",
+                    help="ROWSxCOLS of the quadrant (3080x3072: full)")
     ap.add_argument("--n-nea", type=int, default=60)
     ap.add_argument("--exposures", type=int, default=6, help="exposures per night (>= 5)")
     ap.add_argument("--seed", type=int, default=7)
@@ -260,6 +274,7 @@ def main(argv=None):
     size = tuple(int(v) for v in args.size.lower().split("x"))
     timing = prepare(args.workdir, size, args.n_nea, args.exposures, args.seed, args.sky_mag,
                      args.redo_night2)
+    # the simulation's own parameters (a reused WORKDIR keeps those it was made with)
     out = {"size": args.size, "n_nea": args.n_nea, "seed": args.seed, "sky_mag": args.sky_mag,
            **timing,
            **evaluate(args.workdir, args.edge)}

@@ -8,7 +8,10 @@ night 2 (calibration, ZOGY subtraction, candidates, alerts). It then compares th
 every catalogue (``psfcat``, ``sexcat``, ``diffimcands``) and every alert-archive file of the
 two archives, and the candidates and objects tables, and prints the verdict and timings.
 
-    python benchmarks/survey_equivalence.py [WORKDIR] [--exposures 40] [--size 256]
+    python benchmarks/survey_equivalence.py [WORKDIR] [--exposures 40] [--size 384]
+
+``--run local`` / ``--run slurm`` process one archive only (two processes can run side by
+side); ``--run none`` only compares two finished archives.
 """
 
 from __future__ import annotations
@@ -48,14 +51,20 @@ def table(config, sql: str) -> pd.DataFrame:
         return pd.read_sql(sql, conn)
 
 
-def run_survey(work: Path, sim: Path, cluster: str, workers: int) -> dict:
+def _config(root: Path, sim: Path, cluster: str, workers: int):
+    return load_config(environ={"ZSDS__ARCHIVE__ROOT": str(root),
+                                "ZSDS__REFCAT__PATH": str(sim / "refcat"),
+                                "ZSDS__DASK__CLUSTER": cluster,
+                                "ZSDS__DASK__N_WORKERS": str(workers),
+                                "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+
+
+def run_survey(work: Path, sim: Path, cluster: str, workers: int) -> None:
+    """Process both nights into ``work/<cluster>``; timings to ``work/<cluster>.json``."""
     root = work / cluster
     shutil.rmtree(root, ignore_errors=True)
-    config = load_config(environ={"ZSDS__ARCHIVE__ROOT": str(root),
-                                  "ZSDS__REFCAT__PATH": str(sim / "refcat"),
-                                  "ZSDS__DASK__CLUSTER": cluster,
-                                  "ZSDS__DASK__N_WORKERS": str(workers),
-                                  "ZSDS__DASK__DASHBOARD_ADDRESS": ":0"})
+    (work / f"{cluster}.json").unlink(missing_ok=True)
+    config = _config(root, sim, cluster, workers)
     t0 = time.perf_counter()
     first = run_night(N1, config, incoming=sim / "raw", progress=False)
     t1 = time.perf_counter()
@@ -63,24 +72,33 @@ def run_survey(work: Path, sim: Path, cluster: str, workers: int) -> dict:
     t2 = time.perf_counter()
     second = run_night(N2, config, incoming=sim / "raw", progress=False)
     t3 = time.perf_counter()
-    cands = table(config, "select candid, object_id, pid, ra, dec, magpsf, rb from candidates "
-                          "order by candid")
-    return {"config": config, "sums": checksums(root), "candidates": cands,
-            "objects": table(config, "select object_id, ra, dec, ndet from objects order by object_id"),
-            "quadrants": len(first.outcomes) + len(second.outcomes),
-            "failed": first.count("failed") + second.count("failed"),
-            "references": sum(r.get("status") != "failed" for r in refs),
-            "seconds": {"night1": t1 - t0, "references": t2 - t1, "night2": t3 - t2}}
+    (work / f"{cluster}.json").write_text(json.dumps({
+        "quadrants": len(first.outcomes) + len(second.outcomes),
+        "failed": first.count("failed") + second.count("failed"),
+        "references": sum(r.get("status") != "failed" for r in refs),
+        "seconds": {"night1": t1 - t0, "references": t2 - t1, "night2": t3 - t2}}))
+
+
+def summary(work: Path, sim: Path, cluster: str) -> dict:
+    root = work / cluster
+    config = _config(root, sim, cluster, 1)
+    return {**json.loads((work / f"{cluster}.json").read_text()), "sums": checksums(root),
+            "candidates": table(config, "select candid, object_id, pid, ra, dec, magpsf, rb "
+                                        "from candidates order by candid"),
+            "objects": table(config, "select object_id, ra, dec, ndet from objects "
+                                     "order by object_id")}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("workdir", nargs="?", default="/tmp/zsds-equivalence", type=Path)
     ap.add_argument("--exposures", type=int, default=40, help="object exposures a night")
-    ap.add_argument("--size", type=int, default=256, help="quadrant width (height + 4)")
+    ap.add_argument("--size", type=int, default=384, help="quadrant width (height + 4)")
     ap.add_argument("--workers", type=int, default=1, help="LocalCluster workers")
+    ap.add_argument("--run", choices=["both", "local", "slurm", "none"], default="both")
     args = ap.parse_args()
-    if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
+    if args.run in ("both", "slurm") and (shutil.which("sinfo") is None or subprocess.run(
+            ["sinfo"], capture_output=True).returncode):
         raise SystemExit("SLURM is not running: bash cluster/start-local-slurm.sh")
     sim = args.workdir / "sim"
     if not (sim / "truth" / "exposures.parquet").exists():
@@ -89,7 +107,11 @@ def main():
                                 quad_shape=(args.size + 4, args.size), filters=["zr"],
                                 exposures_per_night=args.exposures, n_bias=5, n_flat=5,
                                 n_transients=10, seed=11, source_truth=False))
-    runs = {c: run_survey(args.workdir, sim, c, args.workers) for c in ("local", "slurm")}
+    for c in {"both": ("local", "slurm"), "none": ()}.get(args.run, (args.run,)):
+        run_survey(args.workdir, sim, c, args.workers)
+    if args.run not in ("both", "none"):
+        return
+    runs = {c: summary(args.workdir, sim, c) for c in ("local", "slurm")}
     a, b = runs["local"], runs["slurm"]
     differ = sorted(k for k in set(a["sums"]) | set(b["sums"])
                     if a["sums"].get(k) != b["sums"].get(k))

@@ -1,13 +1,16 @@
 """Moving objects on the pipeline's own products (issue 10): known-asteroid tagging of the
 candidates and streaks of the operations database and of the alerts.
 
-The session's processed archive (``processed_archive``: 2 simulated nights, one quadrant,
-two known main-belt asteroids) is copied and its second night re-run with the orbit file
-configured (``moving.orbits_path``), so that the alerts are built with the ``ss*`` fields.
+The session's processed archive (``processed_archive``, :mod:`zsds.sim.sample`: one quadrant,
+night 1 reference, night 2 subtracted, two known main-belt asteroids, one of them on the
+quadrant in night 2) is copied and its second night re-run with the orbit file configured
+(``moving.orbits_path``), so that the alerts are built with the ``ss*`` fields.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import numpy as np
@@ -29,9 +32,10 @@ def tagged_archive(processed_archive, tmp_path_factory):
     from zsds.pipeline.night import run_night
 
     src = processed_archive.archive.root
-    sim = src.parent / "in"
+    sim = src.parent / "incoming"            # zsds.sim.sample layout
     root = tmp_path_factory.mktemp("moving-db") / "archive"
     shutil.copytree(src, root, copy_function=shutil.copyfile)
+    shutil.rmtree(root / "alerts" / NIGHTS[1])   # archived alerts are never rewritten
     extra = {"MOVING__ORBITS_PATH": str(sim / "asteroids.csv")}
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
                       dashboard_address=":0") as cluster:
@@ -71,7 +75,7 @@ def test_candidates_of_known_asteroids_are_tagged_from_the_database(tagged_archi
         if sep < 2.0:
             on_truth.append((name, row.ssnamenr, row.ssdistnr))
         elif sep > 30.0:
-            assert row.ssnamenr is None                       # nothing else is tagged
+            assert pd.isna(row.ssnamenr)                      # nothing else is tagged
     assert len(on_truth) >= 2
     assert all(name == tag and dist < 2.0 for name, tag, dist in on_truth)
 
@@ -95,6 +99,10 @@ def test_alerts_of_known_asteroids_carry_the_ss_fields(tagged_archive):
             assert c["ssnamenr"] is None and c["ssdistnr"] is None
             misses += 1
     assert hits >= 1 and misses >= 5
+    payloads = pd.read_sql(sa.text("select payload from candidates"),
+                           sa.create_engine(config.database_url))["payload"]
+    stored = [json.loads(v).get("ssnamenr") for v in payloads]
+    assert sum(v is not None for v in stored) == hits         # for later prv_candidates
 
 
 def test_every_subtracted_image_has_a_streak_product_and_no_false_streak(tagged_archive):
@@ -154,3 +162,22 @@ def test_a_streak_on_a_known_asteroid_is_loaded_tagged_and_replaces_its_pieces(t
         assert s["ssnamenr"] == name and s["ssdistnr"] < 1.0
     finally:
         register_streaks(engine, job, [])
+
+
+def test_moving_link_command_reads_the_database(tagged_archive):
+    from typer.testing import CliRunner
+
+    from zsds.cli import app
+
+    config, sim = tagged_archive
+    env = {"ZSDS__ARCHIVE__ROOT": str(config.archive.root),
+           "ZSDS__REFCAT__PATH": str(config.refcat_path),
+           "ZSDS__MOVING__ORBITS_PATH": str(sim / "asteroids.csv")}
+    result = CliRunner().invoke(app, ["moving", "link", "--nights", ",".join(NIGHTS), "--serial"],
+                                env=env)
+    assert result.exit_code == 2, result.output          # two nights: no track, not an error
+    m = re.search(r"(\d+) candidates, (\d+) tagged known, 0 tracks", result.output)
+    assert m, result.output
+    n_cands, n_known = int(m.group(1)), int(m.group(2))
+    assert n_cands > 5 and n_known >= 2
+    assert (config.archive.root / "moving" / NIGHTS[1] / "tracks_mpc.txt").exists()

@@ -29,7 +29,8 @@ def subtract_cmd(
 
     r = subtract_images(sci, ref, sci_psf=sci_psf, ref_psf=ref_psf, out_dir=out, threads=threads)
     kept = int((r.candidates["index"] >= 0).sum())
-    typer.echo(f"{len(r.candidates)} detections, {kept} candidates after filters; "
+    typer.echo(f"{len(r.candidates)} detections, {kept} candidates after filters, "
+               f"{r.qa.get('n_streaks', 0)} streaks; "
                f"diffmaglim {r.diffmaglim:.2f}; S_corr mean {r.qa['scorr_mean']:+.3f} "
                f"std {r.qa['scorr_std']:.3f}; {r.qa['n_fft']} FFTs")
     for sfx, p in r.paths.items():

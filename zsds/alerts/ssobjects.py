@@ -102,10 +102,10 @@ def tag_records(records: list[dict], orbits_path, *, radius_arcsec: float = 5.0)
                                  "radius_deg": [radius]})
         pred = predict_positions(orbits.loc[near].reset_index(drop=True), exposure)
         tags = tag_candidates(group, pred, radius_arcsec)
-        for i, row in tags.iterrows():
-            if row["ssnamenr"] is None:
-                continue
-            records[i].update(ssdistnr=float(row["ssdistnr"]), ssmagnr=float(row["ssmagnr"]),
-                              ssnamenr=str(row["ssnamenr"]))
-            n_tagged += 1
+        hit = tags["ssnamenr"].notna().to_numpy()
+        for i, dist, mag, name in zip(tags.index[hit], tags["ssdistnr"].to_numpy()[hit],
+                                      tags["ssmagnr"].to_numpy()[hit],
+                                      tags["ssnamenr"].to_numpy()[hit]):
+            records[i].update(ssdistnr=float(dist), ssmagnr=float(mag), ssnamenr=str(name))
+        n_tagged += int(hit.sum())
     return n_tagged

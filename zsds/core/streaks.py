@@ -12,7 +12,7 @@ a trail in the reference shows as a negative one):
    thresholding (regions of ``S/N >= grow_threshold`` holding a pixel ``>= threshold``),
    8-connected, excluded pixels (bad pixels, masked bright stars, borders, outside the
    reference) removed first.
-2. **Selection by shape**, vectorised over all regions (``scipy.ndimage`` label sums): the
+2. **Selection by shape**, vectorised over all regions (label-weighted ``bincount``): the
    S/N-weighted second moments give the eigenvalues ``l1 >= l2``. A segment of length ``L``
    blurred by any round profile has ``l1 - l2 = L**2 / 12``, so the moment length
    ``sqrt(12 (l1 - l2))`` estimates the trail length whatever the seeing; regions with a
@@ -41,8 +41,9 @@ a trail in the reference shows as a negative one):
    ``width_range`` times the PSF's (cosmic rays are sharper, blends broader) and reduced
    chi-square <= ``max_chi2`` (ignored above ``chi2_snr`` S/N, where PSF-model mismatch
    dominates), uniform flux along the trail (the amplitudes of 3-12 consecutive sections
-   of ~1 FWHM, fitted jointly: none lower than ``min_section_ratio`` times their median
-   and more than 4 sigma below it; two point sources side by side fail this), endpoints
+   of ~1 FWHM, fitted jointly: none lower than ``min_section_ratio`` times the median of
+   the brighter half and more than 4 sigma below it; two point sources side by side, or a
+   line fitted across two crossing trails, fail this), endpoints
    inside the image, and at most ``max_bad_fraction`` of the trail's
    length within ``bad_reach_px`` of a bad pixel (the subtraction leaves ringing around
    masked pixels, e.g. a cosmic ray on a star, which can line up into a short "trail").
@@ -100,7 +101,8 @@ class StreakParams:
         Regions in line with each other and at most this far apart are tried as one trail
         first (:func:`collinear_groups`).
     min_section_ratio : float
-        Lowest accepted section amplitude relative to the median section (uniformity).
+        Lowest accepted section amplitude relative to the median of the brighter half of
+        the sections (uniformity).
     bad_reach_px : int
         Pixels closer than this to a bad pixel count as "near a bad pixel".
     max_bad_fraction : float
@@ -298,8 +300,10 @@ def _stamp_data(image, variance, bad, x1, y1, x2, y2, psf, half_width):
     """Slices, data, variance and usable-pixel mask of the stamp around a segment."""
     ny, nx = image.shape
     reach = int(np.ceil(half_width * 2.3548 * psf_sigma(psf))) + 1
-    xa, xb = int(max(np.floor(min(x1, x2)) - reach, 0)), int(min(np.ceil(max(x1, x2)) + reach + 1, nx))
-    ya, yb = int(max(np.floor(min(y1, y2)) - reach, 0)), int(min(np.ceil(max(y1, y2)) + reach + 1, ny))
+    xa = int(max(np.floor(min(x1, x2)) - reach, 0))
+    xb = int(min(np.ceil(max(x1, x2)) + reach + 1, nx))
+    ya = int(max(np.floor(min(y1, y2)) - reach, 0))
+    yb = int(min(np.ceil(max(y1, y2)) + reach + 1, ny))
     if xb <= xa or yb <= ya:
         return None
     sl = (slice(ya, yb), slice(xa, xb))
@@ -447,7 +451,7 @@ def _union_box(boxes):
             slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)))
 
 
-def collinear_groups(mom: dict, sigma0: float, *, max_gap_px: float = 10.0,
+def collinear_groups(mom: dict, *, max_gap_px: float = 10.0,
                      angle_tol_deg: float = 12.0, min_piece_px: float = 3.0) -> list[np.ndarray]:
     """Groups of regions that are pieces of one trail (cut by masked pixels or noise).
 
@@ -460,8 +464,8 @@ def collinear_groups(mom: dict, sigma0: float, *, max_gap_px: float = 10.0,
     ----------
     mom : dict
         :func:`region_moments` output.
-    sigma0 : float
-        PSF Gaussian sigma, px (unused margin of the angular test).
+    max_gap_px, angle_tol_deg, min_piece_px : float
+        See above.
 
     Returns
     -------
@@ -532,8 +536,9 @@ def _uniform(image, variance, bad, x1, y1, x2, y2, psf, length, sigma0, params) 
     ok = np.isfinite(amp) & np.isfinite(err)
     if ok.sum() < 2:
         return True
-    ref = float(np.median(amp[ok]))
-    low = (amp[ok] < params.min_section_ratio * ref) & (ref - amp[ok] > 4.0 * err[ok])
+    a = amp[ok]
+    ref = float(np.median(np.sort(a)[a.size // 2:]))    # the brighter half: a trail's level
+    low = (a < params.min_section_ratio * ref) & (ref - a > 4.0 * err[ok])
     return not low.any()
 
 
@@ -587,7 +592,7 @@ def _one_sign(snr, image, variance, bad, near_bad, exclude, psf, sign, sigma0, a
     if ids.size == 0:
         return []
     mom = region_moments(snr_signed, labels, ids)
-    groups = collinear_groups(mom, sigma0, max_gap_px=params.max_gap_px)
+    groups = collinear_groups(mom, max_gap_px=params.max_gap_px)
     boxes = ndimage.find_objects(labels)
     min_len = 0.7 * params.min_length_px
     tries = []          # (moment length, member positions, moments)
@@ -598,7 +603,8 @@ def _one_sign(snr, image, variance, bad, near_bad, exclude, psf, sign, sigma0, a
             tries.append((gmom["moment_length"], members, gmom))
     for k in np.flatnonzero(mom["moment_length"] >= min_len):
         if k not in grouped:
-            tries.append((mom["moment_length"][k], np.array([k]), {c: v[k] for c, v in mom.items()}))
+            one = {c: v[k] for c, v in mom.items()}
+            tries.append((mom["moment_length"][k], np.array([k]), one))
     tries.sort(key=lambda t: -t[0])
     signed = sign * np.asarray(image, np.float64)
     fit_bad = near_bad if near_bad is not None else bad

@@ -433,7 +433,7 @@ def _thresholds(n: dict) -> str:
         better = "&ge;" if th["higher_is_better"] else "&le;"
         worse = "&lt;" if th["higher_is_better"] else "&gt;"
         rows.append([_e(th["name"]), _e(th["unit"]), f"{better} {th['green']:g}",
-                     f"between", f"{worse} {th['red']:g}", _e(th["doc"])])
+                     "between", f"{worse} {th['red']:g}", _e(th["doc"])])
     classes = [["", "", "green", "amber", "red", ""] for _ in rows]
     return _table(["quantity", "unit", "green", "amber", "red", "meaning"], rows, left=1,
                   classes=classes, text=(5,))

@@ -55,7 +55,8 @@ def build_alerts(engine, records: list[dict], cutouts_path, *,
     if orbits_path is not None:
         from ..alerts.ssobjects import tag_records
 
-        tag_records(records, orbits_path)
+        if tag_records(records, orbits_path):
+            _store_ss_fields(engine, records)
     cutouts = read_cutouts(cutouts_path)
     out = []
     with engine.connect() as conn:
@@ -67,3 +68,24 @@ def build_alerts(engine, records: list[dict], cutouts_path, *,
                                        int(rec["programid"]), serialize_alert(packet),
                                        int(packet["candidate"]["pid"])))
     return out
+
+
+def _store_ss_fields(engine, records: list[dict]) -> None:
+    """Add the ``ss*`` fields of tagged records to their ``candidates.payload`` (so later
+    alerts show them in ``prv_candidates``)."""
+    import json
+
+    from sqlalchemy import select, update
+
+    from ..alerts.ssobjects import SS_FIELDS
+    from ..db import schema as s
+
+    c = s.candidates.c
+    tagged = {int(r["candid"]): r for r in records if r.get("ssnamenr") is not None}
+    with engine.begin() as conn:
+        rows = conn.execute(select(c.candid, c.payload).where(c.candid.in_(list(tagged))))
+        for candid, payload in rows.fetchall():
+            data = json.loads(payload) if payload else {}
+            data.update({k: tagged[candid][k] for k in SS_FIELDS})
+            conn.execute(update(s.candidates).where(c.candid == candid)
+                         .values(payload=json.dumps(data, sort_keys=True)))

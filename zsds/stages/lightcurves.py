@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from astropy.time import Time
 from sqlalchemy import select
 
 from ..archive.verify import forget_missing, record_checksums

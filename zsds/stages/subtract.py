@@ -39,7 +39,7 @@ from astropy.wcs import WCS
 from sqlalchemy import delete, select, update
 
 from ..alerts.ids import make_candid, make_pid
-from ..alerts.packet import CUTOUT_SIZE, make_cutout
+from ..alerts.packet import CUTOUT_SIZE
 from ..archive.verify import record_checksums
 from ..core import align, background, candidates as cands, diffpsf, fluxmatch, realbogus, zogy
 from ..core.psf import PSFModel
