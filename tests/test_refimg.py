@@ -165,3 +165,28 @@ def test_dask_build_equals_serial(archive, tmp_path):
     rows = select_inputs(engine, *KEY, ReferenceParams(min_frames=5))
     redo = _build(config, layout, KEY, rows, 1, ReferenceParams(min_frames=5))
     assert_array_equal(fits.getdata(layout.root / redo["paths"]["refimg.fits"]), dask_img)
+
+
+def _write_quadrant_reference(args):
+    store, ccd, qid = args
+    ds = xr.Dataset({name: (("y", "x"), np.full((300, 300), 10 * ccd + qid, np.float32))
+                     for name in ("image", "uncertainty", "coverage", "mask")})
+    zarr_store.write_reference(store, "zr", ccd, qid, 1, ds)
+
+
+def test_parallel_reference_writes_keep_every_group_in_the_consolidated_metadata(tmp_path):
+    """Eight processes writing the quadrants of one field's store at once (as the Dask tasks
+    of ``refimg build`` do): the store's consolidated metadata lists all eight, and each
+    opens with xarray at its current version."""
+    import json
+    import multiprocessing as mp
+
+    store = tmp_path / "field000655.zarr"
+    quads = [(store, ccd, qid) for ccd in (13, 14) for qid in (1, 2, 3, 4)]
+    with mp.get_context("fork").Pool(8) as pool:
+        pool.map(_write_quadrant_reference, quads)
+    meta = json.loads((store / ".zmetadata").read_text())["metadata"]
+    assert sum(key.endswith("/v1/.zattrs") for key in meta) == 8
+    for _, ccd, qid in quads:
+        assert zarr_store.current_version(store, "zr", ccd, qid) == 1
+        assert float(zarr_store.open_reference(store, "zr", ccd, qid).image[0, 0]) == 10 * ccd + qid

@@ -15,12 +15,18 @@ Zarr format 2 with consolidated metadata: ``xarray.open_zarr(store, group=...)``
 version in one metadata read and without warnings.
 
 A version group is written completely before ``current_version`` points at it, so readers
-never see a half-written reference.
+never see a half-written reference. The store's consolidated metadata (one ``.zmetadata`` at
+the root, which ``xarray.open_zarr`` reads) is rebuilt after every write while holding an
+exclusive lock on ``<store>.lock``: reference tasks of one field running in parallel (one Dask
+task per quadrant) would otherwise each rewrite it from their own listing and drop the
+others' groups. (``fcntl`` locks: local and POSIX-compliant shared file systems.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +96,26 @@ def write_reference(store: Path, filter_code: str, ccd_id: int, qid: int, versio
     group = group_path(filter_code, ccd_id, qid, version)
     enc = {name: {"chunks": (min(CHUNK, ds.sizes["y"]), min(CHUNK, ds.sizes["x"]))}
            for name in ("image", "uncertainty", "coverage", "mask")}
-    ds.to_zarr(store, group=group, mode="w", encoding=enc, consolidated=True,
+    ds.to_zarr(store, group=group, mode="w", encoding=enc, consolidated=False,
                zarr_format=_ZARR_FORMAT)
-    quad = zarr.open_group(str(store), mode="a", path=group_path(filter_code, ccd_id, qid),
-                           zarr_format=_ZARR_FORMAT)
-    quad.attrs["current_version"] = int(version)
+    with _store_lock(store):
+        quad = zarr.open_group(str(store), mode="a", path=group_path(filter_code, ccd_id, qid),
+                               zarr_format=_ZARR_FORMAT, use_consolidated=False)
+        quad.attrs["current_version"] = int(version)
+        zarr.consolidate_metadata(str(store), zarr_format=_ZARR_FORMAT)
     return group
+
+
+@contextmanager
+def _store_lock(store: Path):
+    """Exclusive lock of a store (``<store>.lock``) around its shared metadata."""
+    lock = Path(store).with_name(Path(store).name + ".lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def current_version(store: Path, filter_code: str, ccd_id: int, qid: int) -> int | None:
