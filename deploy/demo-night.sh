@@ -58,5 +58,5 @@ step "lightcurves of both nights"
 zsds lightcurves build --start "$N1" --end "$N2"
 
 step "done: archive in $WORK/archive (configuration $WORK/zsds.yaml)"
-echo "alerts: $(find "$WORK/archive/alerts" -name '*.avro' 2>/dev/null | wc -l) Avro packets under $WORK/archive/alerts"
+echo "alerts: $(python -c "from zsds.alerts.archive import iter_archive; print(sum(1 for _ in iter_archive('$WORK/archive')))") packets in $(find "$WORK/archive/alerts" -name '*.avro' 2>/dev/null | wc -l) Avro files (one per quadrant image) under $WORK/archive/alerts"
 echo "QA report: $WORK/archive/reports/$N2/index.html"
