@@ -333,11 +333,10 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
                 job = chain.pop(0)
                 return client.submit(process_quadrant, config, job, key=job.key, pure=False)
 
-            futures = as_completed([submit(c) for c in chains.values()])
+            futures = as_completed([submit(c) for c in chains.values()], with_results=True)
             bar = tqdm(total=len(plan.todo), unit="quad", desc=f"night {night}",
                        disable=not progress)
-            for fut in futures:
-                out = fut.result()
+            for _, out in futures:
                 chain = chains[_chain_key(out.job)]
                 if chain:
                     futures.add(submit(chain))
