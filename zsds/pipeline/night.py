@@ -284,6 +284,31 @@ def _chains(jobs: list[QuadrantJob]) -> dict[tuple[int, int, int], list[Quadrant
     return dict(chains)
 
 
+def _after(_previous_done, config: ZsdsConfig, job: QuadrantJob) -> QuadrantOutcome:
+    """:func:`process_quadrant`, run once the previous exposure's task is done."""
+    return process_quadrant(config, job)
+
+
+def _done(_outcome) -> bool:
+    """A small marker task that the next exposure of the field-quadrant depends on (so the
+    outcome itself, with its alert packets, is not sent to the next worker)."""
+    return True
+
+
+def _submit_in_chains(client, config: ZsdsConfig, jobs: list[QuadrantJob]) -> list:
+    """Submit every job; within a field-quadrant each waits for the previous exposure
+    (:func:`_chains`), expressed as Dask dependencies so the scheduler enforces the order,
+    also when a worker dies and tasks are recomputed."""
+    futures = []
+    for chain in _chains(jobs).values():
+        token = None
+        for job in chain:
+            fut = client.submit(_after, token, config, job, key=job.key, pure=False)
+            token = client.submit(_done, fut, key=f"done-{job.key}", pure=False)
+            futures.append(fut)
+    return futures
+
+
 def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
               force: bool = False, progress: bool = True, on_progress=None,
               ccds: list[int] | None = None, quads: list[int] | None = None) -> NightReport:
@@ -327,19 +352,10 @@ def run_night(night: str, config: ZsdsConfig, *, incoming: Path | None = None,
         with open_client(config) as client, \
                 AlertDistributor(config, on_archived=_checksum_recorder(config)) as alerts:
             log.info("Dask dashboard: %s", getattr(client, "dashboard_link", "n/a"))
-            chains = _chains(plan.todo)
-
-            def submit(chain):
-                job = chain.pop(0)
-                return client.submit(process_quadrant, config, job, key=job.key, pure=False)
-
-            futures = as_completed([submit(c) for c in chains.values()], with_results=True)
-            bar = tqdm(total=len(plan.todo), unit="quad", desc=f"night {night}",
-                       disable=not progress)
-            for _, out in futures:
-                chain = chains[_chain_key(out.job)]
-                if chain:
-                    futures.add(submit(chain))
+            futures = _submit_in_chains(client, config, plan.todo)
+            bar = tqdm(total=len(futures), unit="quad", desc=f"night {night}", disable=not progress)
+            for fut in as_completed(futures):
+                out = fut.result()
                 n_alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
                 outcomes.append(out)
                 bar.update(1)
