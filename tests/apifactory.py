@@ -25,6 +25,7 @@ and ``N_FILLER`` public objects (e1, e2).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,3 +260,29 @@ def build_api_archive(base: Path, seed: int = 3) -> ApiArchive:
     _lightcurves(arc, w, rng)
     engine.dispose()
     return arc
+
+
+@contextmanager
+def serve(app):
+    """``app`` on uvicorn in a background thread on a free 127.0.0.1 port; yields the base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from kafkabroker import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

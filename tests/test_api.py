@@ -8,8 +8,6 @@ built once per session; the clock of the API is fixed at ``NOW_JD``.
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 import warnings
 
@@ -21,7 +19,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from apifactory import EPOCHS, J0, NOW_JD, TRANSIENT_FLUX, build_api_archive
+from apifactory import serve, EPOCHS, J0, NOW_JD, TRANSIENT_FLUX, build_api_archive
 
 warnings.filterwarnings("ignore", message=".*httpx.*")  # starlette's TestClient notice
 
@@ -329,23 +327,9 @@ def test_forced_photometry_jobs(client, arc, tokens, dask_client):
 # -- IVOA with pyvo over HTTP --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(ctx):
-    """The app on uvicorn in a background thread (127.0.0.1, a free port)."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(context=ctx), host="127.0.0.1", port=port,
-                                        log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    """The app on uvicorn in a background thread (127.0.0.1, a free port); the base URL."""
+    with serve(create_app(context=ctx)) as url:
+        yield url
 
 
 def _session(headers):

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from apifactory import NOW_JD, build_api_archive
+from apifactory import serve, NOW_JD, build_api_archive
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 
@@ -56,23 +53,9 @@ def ctx(arc):
 
 @pytest.fixture(scope="module")
 def server(ctx):
-    """The app on uvicorn in a thread, on a free 127.0.0.1 port; yields the base URL."""
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(context=ctx), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    """The app on uvicorn in a background thread (127.0.0.1, a free port); the base URL."""
+    with serve(create_app(context=ctx)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
