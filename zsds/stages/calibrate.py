@@ -101,9 +101,8 @@ def _detrend(quad: RawQuadrant, frames: CalibrationFrames, params: CalibrateConf
     prep = prepare.prepare_quadrant(quad.data, quad.overscan, int(h["AMP_ID"]) + 1, gain,
                                     float(h["SATURATE"]), nl_a, nl_b, read_noise=rn,
                                     master_bias=frames.bias)
-    sat_dn = float(h["SATURATE"]) - prep.qa["bias_level"]
     det = detrend.detrend_quadrant(prep.image, prep.saturated, frames.flat, frames.badpix, gain, rn,
-                                   lowflat=frames.lowflat, saturate_dn=sat_dn, edge_px=params.edge_px,
+                                   lowflat=frames.lowflat, edge_px=params.edge_px,
                                    find_cosmic_rays=params.cosmic_rays)
     return prep, det, gain
 
