@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from ..io.paths import night_of_jd
 from . import _kafka_compat
 from .archive import archive_file, write_alerts
@@ -42,6 +44,7 @@ __all__ = ["topic_name", "AlertDistributor", "consume_alerts"]
 log = logging.getLogger(__name__)
 _NO_BROKER_LOGGED = False
 _kafka_compat.install()
+_PARTITIONER = DefaultPartitioner()  # murmur2 of the key, as Java clients
 
 
 def topic_name(night: str, programid: int) -> str:
@@ -279,21 +282,42 @@ class AlertDistributor:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _send(self, producer, rows) -> tuple[list, list]:
-        """Hand a round to the producer; returns ``(rows, delivery futures)``."""
-        futures = []
+        """Hand a round to the producer as record batches, one run of consecutive rows per
+        partition (the key's partition, as the default partitioner would choose it), so the
+        spool order holds within every partition; returns ``(rows, [(batch future, rows)])``."""
+        batches, current, partitions = [], {}, {}
         try:
             for r, value in zip(rows, self.spool.values(rows)):
-                futures.append(await producer.send(r.topic, value, key=r.key))
+                if r.topic not in partitions:
+                    partitions[r.topic] = sorted(await producer.partitions_for(r.topic))
+                parts = partitions[r.topic]
+                tp = (r.topic, _PARTITIONER(r.key, parts, parts))
+                batch, members = current.get(tp, (None, None))
+                if batch is None or batch.append(key=r.key, value=value, timestamp=None) is None:
+                    if batch is not None:
+                        batches.append((await producer.send_batch(batch, tp[0], partition=tp[1]),
+                                        members))
+                    batch, members = producer.create_batch(), []
+                    if batch.append(key=r.key, value=value, timestamp=None) is None:
+                        raise ValueError(f"alert candid {r.candid} larger than a Kafka batch")
+                    current[tp] = (batch, members)
+                members.append(r)
+            for tp, (batch, members) in current.items():
+                batches.append((await producer.send_batch(batch, tp[0], partition=tp[1]),
+                                members))
         except BaseException:
-            for f in futures:
+            for f, _ in batches:
                 f.cancel()
             raise
-        return rows, futures
+        return rows, batches
 
-    async def _confirm(self, rows, futures) -> None:
-        """Wait for a round's acknowledgements and record them; raise on any failure."""
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        ok = [r for r, res in zip(rows, results) if not isinstance(res, BaseException)]
+    async def _confirm(self, rows, batches) -> None:
+        """Wait for a round's acknowledgements and record them in spool order; raise on any
+        failure (the unacknowledged rows stay pending)."""
+        results = await asyncio.gather(*(f for f, _ in batches), return_exceptions=True)
+        acked = {r.seq for (_, members), res in zip(batches, results)
+                 if not isinstance(res, BaseException) for r in members}
+        ok = [r for r in rows if r.seq in acked]
         self.spool.mark_acked([r.seq for r in ok])
         if ok and self.on_ack is not None:
             self.on_ack([r.candid for r in ok], time.monotonic())

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS spool (
     ack_order INTEGER
 );
 CREATE INDEX IF NOT EXISTS ix_spool_state_seq ON spool (state, seq);
+CREATE INDEX IF NOT EXISTS ix_spool_ack_order ON spool (ack_order);
 """
 
 
@@ -137,8 +138,8 @@ class AlertSpool:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                base = self._db.execute("SELECT COALESCE(MAX(ack_order), 0) FROM spool "
-                                        "WHERE state = 1").fetchone()[0]
+                base = self._db.execute("SELECT COALESCE(MAX(ack_order), 0) FROM spool"
+                                        ).fetchone()[0]  # ix_spool_ack_order: O(log n)
                 self._db.executemany("UPDATE spool SET state = 1, acked_at = ?, "
                                      "ack_order = ? WHERE seq = ? AND state = 0",
                                      [(now, base + i + 1, s) for i, s in enumerate(seqs)])
