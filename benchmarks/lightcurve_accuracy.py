@@ -8,11 +8,14 @@ Simulates (if ``WORKDIR/incoming`` is missing) field 655, CCD 13, quadrant 3 at 
 processes every night, builds the reference (``--min-frames 3``), then builds the lightcurves
 incrementally (first night, then the rest) and from scratch, and measures:
 
-* repeatability: median over constant bright unsaturated stars (truth variables excluded,
-  16 < ref mag < 18.5, >= 20 good epochs) of the RMS of the good magnitudes about their mean,
-  before (``mag_raw``) and after (``mag``) the refinement;
+* repeatability: median over constant stars (truth variables excluded, >= 20 good epochs;
+  "bright": median error <= 5 mmag, unsaturated as saturated detections are flagged; and a
+  fainter 16-18.5 mag band) of the RMS of the good magnitudes about their mean, before
+  (``mag_raw``) and after (``mag``) the refinement; for the bright stars also a decomposition
+  with the per-epoch truth fluxes (:func:`repeatability_truth`);
 * period recovery of truth variables with amplitude >= 0.1 mag and >= 30 good epochs, also
-  restricted to periods shorter than half the baseline (longer ones cannot be measured to 1 %);
+  restricted to periods shorter than half the baseline (longer ones cannot be measured to 1 %),
+  and split by light-curve shape (sine, sawtooth);
 * files opened by 5" cone searches at 200 object positions, over all Parquet data files;
 * ID stability: the incremental store and the from-scratch store give every truth star the
   same object ID, and a re-run changes nothing.
@@ -107,6 +110,46 @@ def repeatability(objects, dets, variables, matched) -> dict:
     return out
 
 
+def _truth_fluxes(work: Path) -> pd.DataFrame:
+    """Per-epoch true fluxes (``source_id, expid, flux_dn``) of quadrant 3 from the simulator truth."""
+    rows = []
+    for f in sorted((work / "incoming" / "truth" / "sources").glob("*/*_q3.parquet")):
+        t = pd.read_parquet(f, columns=["source_id", "flux_dn"])
+        rows.append(t.assign(expid=int(f.name.split("_")[0])))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["source_id", "flux_dn", "expid"])
+
+
+def repeatability_truth(dets, variables, matched, truth_flux, max_err: float = 0.005) -> dict:
+    """Where the scatter of the bright constant stars comes from, measured against the truth.
+
+    For every good detection ``d = -2.5 log10(flux / flux_dn)`` (measured PSF-fit flux against
+    the simulated flux), relative to the star's mean. ``epoch_zp_rms_mmag``: RMS over epochs of
+    the median of ``d`` (the zero-point part the refinement can remove); ``psf_fit_rms_mmag``:
+    median over stars of the RMS of ``d`` minus its epoch median (the per-detection part no
+    per-epoch correction can remove); ``ideal_zp_rms_mmag``: median RMS of the refined ``mag``
+    after subtracting the per-epoch median residual of the same stars (a perfect per-epoch zero
+    point); ``quoted_err_mmag``: median ``mag_err``.
+    """
+    good = dets[dets["catflags"] == 0].merge(matched[["oid", "source_id"]], on="oid")
+    good = good[~good["source_id"].isin(variables["source_id"])]
+    good = good.merge(truth_flux, on=["source_id", "expid"])
+    grp = good.groupby("oid")
+    sel = (grp["mag_err"].transform("median") <= max_err) & (grp["mag"].transform("size") >= 20)
+    b = good[sel].copy()
+    if not len(b):
+        return {"n_stars": 0}
+    b["d"] = -2.5 * np.log10(b["flux"] / b["flux_dn"])
+    b["d"] -= b.groupby("oid")["d"].transform("mean")
+    ep = b.groupby("pid")["d"].median()
+    b["d_ep"] = b["d"] - b["pid"].map(ep)
+    b["r"] = b["mag"] - b.groupby("oid")["mag"].transform("mean")
+    b["r_ep"] = b["r"] - b["pid"].map(b.groupby("pid")["r"].median())
+    return {"n_stars": int(b["oid"].nunique()), "epoch_zp_rms_mmag": 1e3 * float(ep.std()),
+            "psf_fit_rms_mmag": 1e3 * float(b.groupby("oid")["d_ep"].std().median()),
+            "ideal_zp_rms_mmag": 1e3 * float(b.groupby("oid")["r_ep"].std().median()),
+            "quoted_err_mmag": 1e3 * float(b.groupby("oid")["mag_err"].median().median())}
+
+
 def period_recovery(objects, variables, matched, baseline_d: float, min_epochs: int = 30) -> dict:
     v = variables.merge(matched, on="source_id").merge(objects[["oid", "ngoodobs", "ls_period_1"]], on="oid")
     v = v[(v["amplitude_mag"] >= 0.1) & (v["ngoodobs"] >= min_epochs)]
@@ -117,7 +160,9 @@ def period_recovery(objects, variables, matched, baseline_d: float, min_epochs: 
             "n_short_period": int(short.sum()), "recovered_short": int((ok & short).sum()),
             "fraction_short": float(ok[short].mean()) if short.any() else float("nan"),
             "baseline_d": baseline_d,
-            "each": v[["source_id", "period_d", "amplitude_mag", "ngoodobs", "ls_period_1"]].to_dict("records")}
+            "by_shape_short": {k: [int((ok & short & (v["shape"] == k)).sum()), int((short & (v["shape"] == k)).sum())]
+                               for k in ("sine", "sawtooth")},
+            "each": v[["source_id", "period_d", "amplitude_mag", "shape", "ngoodobs", "ls_period_1"]].to_dict("records")}
 
 
 def injected_periods(objects, dets, baseline_d: float, n: int = 300, seed: int = 2) -> dict:
@@ -139,14 +184,19 @@ def injected_periods(objects, dets, baseline_d: float, n: int = 300, seed: int =
         t, e = g["mjd"].to_numpy(), g["mag_err"].to_numpy()
         period, amp = np.exp(rng.uniform(np.log(0.2), np.log(20.0))), rng.uniform(0.1, 0.8)
         phase = (t / period + rng.uniform()) % 1.0
-        shape = np.sin(2 * np.pi * phase) if rng.uniform() < 0.5 else 2 * (phase - 0.5)
+        saw = rng.uniform() >= 0.5
+        shape = 2 * (phase - 0.5) if saw else np.sin(2 * np.pi * phase)
         m = 17.0 + 0.5 * amp * shape + rng.normal(0, e)
         found = lomb_scargle(t, m, e)["ls_period_1"]
-        rec.append((period, abs(found / period - 1) <= 0.01))
+        rec.append((period, abs(found / period - 1) <= 0.01, saw))
     rec = np.array(rec)
     short = rec[:, 0] <= baseline_d / 2
+    saw = rec[:, 2] > 0
+    frac = lambda s: float(rec[s, 1].mean()) if s.any() else float("nan")  # noqa: E731
     return {"n": n, "fraction": float(rec[:, 1].mean()), "n_short_period": int(short.sum()),
-            "fraction_short": float(rec[short, 1].mean()) if short.any() else float("nan"),
+            "fraction_short": frac(short), "fraction_short_sine": frac(short & ~saw),
+            "fraction_short_sawtooth": frac(short & saw),
+            "fraction_under_tenth_baseline": frac(rec[:, 0] <= baseline_d / 10),
             "baseline_d": baseline_d}
 
 
@@ -217,7 +267,9 @@ def main(argv=None) -> dict:
     variables = pd.read_parquet(work / "incoming" / "truth" / "variables.parquet")
     matched = _truth_ids(work, objects)
     baseline = float(dets["mjd"].max() - dets["mjd"].min())
-    out = {"repeatability": repeatability(objects, dets, variables, matched),
+    rep = repeatability(objects, dets, variables, matched)
+    rep["bright_truth"] = repeatability_truth(dets, variables, matched, _truth_fluxes(work))
+    out = {"repeatability": rep,
            "periods": period_recovery(objects, variables, matched, baseline),
            "periods_injected": injected_periods(objects, dets, baseline),
            "cone": cone_files(work / "archive" / "lightcurves", objects),

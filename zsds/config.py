@@ -94,7 +94,7 @@ class CalibrateConfig(_Section):
     minarea: int = Field(3, ge=1, description="minimum pixels of a detection")
     sip_order: int = Field(3, ge=1, le=5, description="order of the SIP distortion polynomials")
     psf_degree: int = Field(2, ge=0, le=3, description="polynomial degree of the PSF variation")
-    cosmic_rays: bool = Field(True, description="flag cosmic rays (L.A.Cosmic)")
+    cosmic_rays: bool = Field(True, description="flag cosmic rays (sharper than the PSF)")
     edge_px: int = Field(4, ge=0, description="EDGE mask margin, pixels")
     min_calibrators: int = Field(30, ge=3, description="fewest photometric calibrators for STATUS=1")
     max_seeing_arcsec: float = Field(4.0, gt=0, description="worse seeing marks the image bad")
