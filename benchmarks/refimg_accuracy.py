@@ -119,6 +119,12 @@ def accuracy(args):
     ddec = np.asarray(pcat["dec"])[i_s] - np.asarray(dec)[i_r]
     ast = star & (snr > 30)
     rms_mas = float(np.sqrt(np.mean(dra[ast] ** 2 + ddec[ast] ** 2) / 2) * 3.6e6)
+    clean = ast & (np.asarray(pcat["flags"])[i_s] == 0)
+    mad = lambda v: 1.4826 * np.median(np.abs(v - np.median(v)))  # noqa: E731
+    split = (f"mean offset (RA cos dec, Dec) {np.mean(dra[ast]) * 3.6e6:+.1f}, "
+             f"{np.mean(ddec[ast]) * 3.6e6:+.1f} mas; robust sigma {mad(dra[ast]) * 3.6e6:.1f}, "
+             f"{mad(ddec[ast]) * 3.6e6:.1f} mas; RMS of the {clean.sum()} with flags == 0: "
+             f"{np.sqrt(np.mean(dra[clean] ** 2 + ddec[clean] ** 2) / 2) * 3.6e6:.1f} mas")
     with fits.open(layout.ref_path(*key, "refpsf.fits")) as h:
         stamp = PSFModel.from_fits(h).centre_stamp()
     sig = _significance_map(img, stamp, qa["flux_noise_dn"])
@@ -140,6 +146,7 @@ def accuracy(args):
     print(f"zero point vs noiseless truth: {zp.zp:.4f} (common ZP {params.zp}; error {zp.zp - params.zp:+.4f} mag, "
           f"unc {zp.zp_unc:.4f}, {zp.n_used} stars, clrcoeff {zp.clrcoeff:.3f})")
     print(f"astrometric RMS per axis of {ast.sum()} co-add stars (S/N > 30) vs truth: {rms_mas:.1f} mas")
+    print(f"  {split}")
     for kind in ("asteroid", "cosmic_ray"):
         v = [s for k, s in resid if k == kind]
         if v:

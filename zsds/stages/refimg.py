@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 REF_SUFFIXES = ("refimg.fits", "refunc.fits", "refcov.fits", "refpsfcat.fits", "refsexcat.fits",
                 "refpsf.fits", "refimlog.txt")
 _PIXSCALE = 1.012
+_PSF_HALF = 12
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,18 @@ class ReferenceParams:
         Common zero point of the co-add, AB mag for 1 DN.
     nsigma, frac, grow : float, float, int
         Outlier rejection (see :class:`zsds.core.coadd.CoaddAccumulator`).
+    smooth_rejection : bool
+        Also reject deviations significant at the PSF scale (Gaussian of the inputs' median
+        seeing): faint asteroids and transients.
     n_median : int
         Inputs of the median estimate of pass 1 (bounds the memory).
-    detect_thresh, minarea, psf_degree : float, int, int
-        Extraction and PSF model of the co-add.
+    detect_thresh, minarea : float, int
+        Extraction of the co-add.
+    psf_degree, psf_oversample : int, int
+        Most complex PSF model of the co-add (spatial polynomial degree, nodes per pixel);
+        lowered by :func:`psf_complexity` to what its PSF stars constrain.
+    psf_stars_per_term : float
+        PSF stars needed per polynomial term and per sub-pixel phase of the nodes.
     """
 
     min_frames: int = 15
@@ -83,10 +92,13 @@ class ReferenceParams:
     nsigma: float = 5.0
     frac: float = 0.3
     grow: int = 1
+    smooth_rejection: bool = True
     n_median: int = 7
     detect_thresh: float = 1.5
     minarea: int = 5
     psf_degree: int = 2
+    psf_oversample: int = 2
+    psf_stars_per_term: float = 25.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,8 +176,10 @@ def combine_inputs(layout: ArchiveLayout, rows: list[dict], grid: WCS, shape,
     reference = coadd.median_reference(np.stack(stack)) if len(stack) >= 3 else None
     del stack
     ref_sigma = 1.2533 * float(np.median(sigmas)) / np.sqrt(len(sigmas))
+    fwhm_px = float(np.median([r["seeing_arcsec"] for r in rows])) / _PIXSCALE
     acc = coadd.CoaddAccumulator(shape, reference, ref_sigma, nsigma=params.nsigma,
-                                 frac=params.frac, grow=params.grow)
+                                 frac=params.frac, grow=params.grow,
+                                 smooth_sigma=fwhm_px / 2.3548 if params.smooth_rejection else None)
     info = []
     for row in rows:
         data, sigma, pscale, sky = _prepared(layout, row, grid, shape, params)
@@ -189,15 +203,45 @@ def _effective_gain(result, rows, layout, params) -> float:
     return float(gain * cov / scale)
 
 
+def psf_complexity(n_stars: int, max_oversample: int, max_degree: int,
+                   stars_per_term: float) -> tuple[int, int]:
+    """Oversampling and polynomial degree of a PSF model that ``n_stars`` stars constrain.
+
+    A node of a model with ``s`` nodes per pixel is sampled only by the stars of one sub-pixel
+    phase class (``n_stars / s**2`` of them) and carries ``(d + 1)(d + 2) / 2`` polynomial
+    coefficients for degree ``d``; both are kept only while every coefficient has at least
+    ``stars_per_term`` stars. An under-constrained model fits the noise of its few stars, and
+    its node values then differ between phase classes: the fitted positions get errors of
+    0.1-0.2 px that depend on the sub-pixel phase (the co-add's astrometry). The degree is
+    lowered first (a co-add's PSF varies slowly), then the oversampling.
+
+    Returns
+    -------
+    (oversample, degree) : (int, int)
+    """
+    for deg in range(max_degree, -1, -1):
+        for s in range(max_oversample, 0, -1):
+            if n_stars / s**2 >= stars_per_term * (deg + 1) * (deg + 2) / 2:
+                return s, deg
+    return 1, 0
+
+
 def measure_coadd(result, gain_eff: float, fwhm_px: float, params: ReferenceParams):
-    """Background, aperture catalogue, PSF model and PSF-fit catalogue of a co-add."""
+    """Background, aperture catalogue, PSF model and PSF-fit catalogue of a co-add.
+
+    The PSF model's complexity follows the number of PSF stars (:func:`psf_complexity`).
+    """
     bad = (result.mask & coadd.COADD_MASK["NO_DATA"]) > 0
     image = np.where(bad, 0.0, result.image).astype(np.float32)
     bkg = background.background_maps(image, mask=bad)
     cat = extract.extract_sources(image, bkg.sky, bkg.rms, mask=bad, thresh=params.detect_thresh,
                                   minarea=params.minarea, gain=gain_eff, psf_fwhm=fwhm_px)
     sub = (image - bkg.sky).astype(np.float32)
-    model = psf.fit_psf_model(sub, bkg.rms, cat, mask=bad, gain=gain_eff, degree=params.psf_degree)
+    stars = psf.select_psf_stars(cat, image.shape, _PSF_HALF)
+    s, deg = psf_complexity(len(stars), params.psf_oversample, params.psf_degree,
+                            params.psf_stars_per_term)
+    model = psf.fit_psf_model(sub, bkg.rms, cat, mask=bad, gain=gain_eff, degree=deg, oversample=s,
+                              stamp_half=_PSF_HALF, stars=stars)
     unc = np.where(bad, np.inf, result.uncertainty)
     variance = unc.astype(np.float64) ** 2 + np.clip(sub, 0, None) / gain_eff
     pcat = psfphot.psf_photometry(sub, variance, model, np.asarray(cat["x"]), np.asarray(cat["y"]),
