@@ -119,3 +119,51 @@ def test_subtract_images_products(tmp_path):
     again = subtract_images(tmp_path / "x_sciimg.fits", tmp_path / "x_refimg.fits",
                             sci_psf=tmp_path / "sci.psf.fits", ref_psf=tmp_path / "ref.psf.fits")
     assert np.array_equal(again.candidates["xpos"], r.candidates["xpos"])
+
+
+def test_in_memory_science_gives_the_same_subtraction(tmp_path):
+    """run-night hands the just-calibrated quadrant to the subtraction: same result as
+    reading its products back (header, mask, PSF model and background included)."""
+    from types import SimpleNamespace
+
+    from zsds.core.background import background_maps
+    from zsds.core.extract import extract_sources
+    from zsds.core.psf import fit_psf_model
+    from zsds.flags import MASK
+    from zsds.io.products import write_hdulist, write_image
+    from zsds.stages.subtract import subtract_images
+
+    pair = make_pair((220, 230), n_stars=150, fwhm_ref=2.2, fwhm_new=2.8, n_transients=6,
+                     snr=(15.0, 40.0), seed=8)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [50.123456789012345, 30.98765432109876], [110.3, 115.7]
+    w.wcs.cd = [[-2.8123456789012e-4, 1.234567890123e-7], [1.1e-7, 2.8098765432101e-4]]
+    image = (pair.new + 100.0).astype(np.float32)
+    mask = np.zeros(image.shape, np.uint16)
+    mask[50:53, 60] = MASK["DEAD"]
+    mask[120, 30:34] = MASK["SPIKE"]
+    bad = (mask & (MASK["DEAD"] | MASK["SPIKE"])) > 0
+    header = w.to_header()
+    header["MAGZP"], header["GAIN"], header["SATURATE"] = 25.0 + 1e-9 / 3, 5.0, 1e9
+    bkg = background_maps(image, mask=bad)
+    cat = extract_sources(image, bkg.sky, bkg.rms, mask=bad, thresh=5.0, gain=5.0)
+    inner = np.flatnonzero((cat["x"] > 15) & (cat["x"] < 215) & (cat["y"] > 15) & (cat["y"] < 205))
+    brightest = inner[np.argsort(-np.asarray(cat["flux_auto"])[inner])[:15]]
+    model = fit_psf_model(image - bkg.sky, bkg.rms, cat, bad, gain=5.0, degree=0, stars=brightest)
+    write_image(tmp_path / "x_sciimg.fits", image, header)
+    write_image(tmp_path / "x_mskimg.fits", mask)
+    write_hdulist(tmp_path / "x_sciimgpsf.fits", model.to_fits())
+    zp_ref = 25.0 + 2.5 * np.log10(pair.flux_zp_ref)
+    _write(tmp_path / "x_refimg.fits", pair.ref, w, zp_ref)
+    fits.PrimaryHDU(pair.psf_ref).writeto(tmp_path / "ref.psf.fits")
+    calibrated = SimpleNamespace(image=image, mask=mask, header=header, background=bkg.sky,
+                                 background_rms=bkg.rms, psf_model=model)
+    args = (tmp_path / "x_sciimg.fits", tmp_path / "x_refimg.fits")
+    from_files = subtract_images(*args, ref_psf=tmp_path / "ref.psf.fits")
+    in_memory = subtract_images(*args, ref_psf=tmp_path / "ref.psf.fits", calibrated=calibrated)
+    assert len(from_files.candidates) > 0
+    assert np.array_equal(in_memory.zogy.S_corr, from_files.zogy.S_corr)
+    for name in from_files.candidates.colnames:
+        a, b = np.asarray(in_memory.candidates[name]), np.asarray(from_files.candidates[name])
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name

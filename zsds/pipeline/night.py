@@ -168,13 +168,14 @@ def _run_stages(config: ZsdsConfig, job: QuadrantJob, engine) -> dict:
     qa: dict = {}
     records: list = []
     res: dict = {}
+    kept: dict = {}  # the calibrated quadrant, handed to the subtraction in memory
     for stage in STAGES:
         record_processing(engine, stage, job.expid, job.ccd_id, job.qid, "running")
         if stage == "calibrate":
-            qa.update(calibrate_job(config, job, engine))
+            qa.update(calibrate_job(config, job, engine, keep=kept))
         elif stage == "subtract":
             from ..stages.subtract import subtract_job
-            res = subtract_job(config, job, engine)
+            res = subtract_job(config, job, engine, calibrated=kept.pop("calibrated", None))
             qa.update({k: v for k, v in res.items() if k != "candidates"})
             records = res.get("candidates", [])
         elif stage == "alerts":

@@ -392,7 +392,7 @@ def _register(engine, job, res: CalibratedQuadrant, rel_paths, footprint, second
                         "calibrated" if res.status == 1 else "bad", "\n".join(res.reasons) or None)
 
 
-def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
+def calibrate_job(config: ZsdsConfig, job, engine, keep: dict | None = None) -> dict:
     """Calibrate one quadrant of the archive, write its products and register them.
 
     Parameters
@@ -400,6 +400,9 @@ def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
     config : ZsdsConfig
     job : zsds.pipeline.night.QuadrantJob
     engine : sqlalchemy.Engine
+    keep : dict, optional
+        Receives the in-memory result under ``"calibrated"`` (a :class:`CalibratedQuadrant`)
+        for the next stage of the same task.
 
     Returns
     -------
@@ -430,6 +433,8 @@ def calibrate_job(config: ZsdsConfig, job, engine) -> dict:
     record_checksums(engine, layout.root, rel.values())
     fp = _footprint(res.astrometry, header_wcs, quad.data.shape)
     _register(engine, job, res, rel, fp, seconds, float(raw.primary["AIRMASS"]))
+    if keep is not None:
+        keep["calibrated"] = res
     out = {k: v for k, v in res.qa.items() if isinstance(v, (int, float, bool))}
     out.update(status=res.status, infobits=res.infobits, seconds=seconds,
                reasons="; ".join(res.reasons))

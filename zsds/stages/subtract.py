@@ -186,6 +186,33 @@ def _load_image(path, psf_path, kind: str) -> _Image:
     return _Image(path, data, header, WCS(header), bad, bkg.rms, variance, psf, zp, gain)
 
 
+def _science_in_memory(path, calibrated) -> _Image:
+    """The science ``_Image`` of a quadrant just calibrated in this process, without reading
+    its products back or re-estimating its background: bit for bit what :func:`_load_image`
+    makes of the written files (the header and PSF model go through their FITS form, the
+    background maps are the calibration's, made from the same pixels and mask)."""
+    import io
+
+    from ..io.products import fit_comments
+
+    path = Path(path)
+    header = fits.Header.fromstring(fit_comments(calibrated.header.copy()).tostring())
+    raw = np.asarray(calibrated.image, np.float32)
+    bad = ((np.asarray(calibrated.mask).astype(np.int64) & BAD_PIXEL_BITS) > 0) | ~np.isfinite(raw)
+    raw = np.where(bad, 0, raw).astype(np.float32)
+    rms = np.asarray(calibrated.background_rms, np.float32)
+    data = raw - np.asarray(calibrated.background, np.float32)
+    gain = _header_float(header, ("GAIN",), path, default=1.0)
+    zp = _header_float(header, ("MAGZP",), path)
+    variance = _variance(path, "_sciimg.fits", data, rms, gain, "sci")
+    buf = io.BytesIO()
+    calibrated.psf_model.to_fits().writeto(buf)
+    buf.seek(0)
+    with fits.open(buf, memmap=False) as h:
+        psf = PSFModel.from_fits(h)
+    return _Image(path, data, header, WCS(header), bad, rms, variance, psf, zp, gain)
+
+
 def _variance(path, old, data, rms, gain, kind):
     """Per-pixel variance: the reference's ``refunc`` squared, else sky + Poisson from GAIN."""
     if kind == "ref":
@@ -552,7 +579,8 @@ def _register_streaks(engine, job, pid, streaks) -> None:
 # public
 # ---------------------------------------------------------------------------------------
 def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=None,
-                    threads: int = 1, model_path=None, prefix: str | None = None) -> SubtractionResult:
+                    threads: int = 1, model_path=None, prefix: str | None = None,
+                    calibrated=None) -> SubtractionResult:
     """ZOGY subtraction and candidate extraction of a calibrated science/reference pair.
 
     Parameters
@@ -572,13 +600,20 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
         Real-bogus model (default: the packaged one).
     prefix : str, optional
         Product name prefix (default: the science file name without ``sciimg.fits``).
+    calibrated : zsds.stages.calibrate.CalibratedQuadrant, optional
+        The science quadrant as just calibrated in this process (the products at
+        ``sci_path`` are its): used instead of reading them back, with the same result.
 
     Returns
     -------
     SubtractionResult
     """
     t0 = time.perf_counter()
-    sci, ref = _load_image(sci_path, sci_psf, "sci"), _load_image(ref_path, ref_psf, "ref")
+    if calibrated is not None and calibrated.psf_model is not None and sci_psf is None:
+        sci = _science_in_memory(sci_path, calibrated)
+    else:
+        sci = _load_image(sci_path, sci_psf, "sci")
+    ref = _load_image(ref_path, ref_psf, "ref")
     t_load = time.perf_counter()
     res = _align(sci, ref)
     z, ref_scaled, bad_ref, cal = _run_zogy(sci, ref, res, threads)
@@ -677,7 +712,7 @@ def _science_row(engine, job) -> dict:
     return {} if row is None else dict(row._mapping)
 
 
-def subtract_job(config, job, engine) -> dict:
+def subtract_job(config, job, engine, calibrated=None) -> dict:
     """Subtract the current reference from a calibrated quadrant; write and register the results.
 
     Parameters
@@ -685,6 +720,9 @@ def subtract_job(config, job, engine) -> dict:
     config : ZsdsConfig
     job : zsds.pipeline.night.QuadrantJob
     engine : sqlalchemy.Engine
+    calibrated : zsds.stages.calibrate.CalibratedQuadrant, optional
+        The quadrant's calibration, if it was just made in this process (saves reading it
+        back and re-estimating its background; same result).
 
     Returns
     -------
@@ -703,7 +741,7 @@ def subtract_job(config, job, engine) -> dict:
                                "sciimg.fits")
     out_dir = sci_path.parent
     r = subtract_images(sci_path, layout.root / refrow["path"], out_dir=out_dir,
-                        threads=config.processing.fft_threads)
+                        threads=config.processing.fft_threads, calibrated=calibrated)
     record_checksums(engine, layout.root, r.paths.values())
     pid = make_pid(job.filefracday, 4 * (job.ccd_id - 1) + job.qid - 1)
     records = _records(r.candidates, job, pid, r.diffmaglim, refrow, sci_row)
