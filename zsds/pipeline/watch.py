@@ -130,23 +130,21 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
     max_files : int, optional
         Stop after this many landed files.
     """
-    from distributed import as_completed
-
     from ..stages.ingest import ingest
     from .cluster import open_client
-    from .night import _chain_key, _checksum_recorder, _engine, process_quadrant
+    from .night import _checksum_recorder, _engine
 
     engine = _engine(config)
     tracker = LandingTracker(settle_s=settle_s)
     report = WatchReport()
     calibrated_nights: set = set()
     landed_at: dict = {}
-    busy: dict = {}  # field-quadrant -> exposures waiting for the one running (time order)
+    latest: dict = {}  # field-quadrant -> marker task of its latest exposure submitted
+    pending: list = []  # submitted, not yet collected (in submission order)
     last_new = time.monotonic()
     from ..alerts.kafka import AlertDistributor
     with open_client(config) as client, \
             AlertDistributor(config, on_archived=_checksum_recorder(config)) as alerts:
-        pending = as_completed(with_results=False)
         log.info("watching %s (dashboard %s)", incoming, getattr(client, "dashboard_link", "n/a"))
         while True:
             now = time.time()
@@ -160,21 +158,11 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
                 _ensure_calibrations(rn.date, config, engine, calibrated_nights)
                 for job in _jobs_for(engine, path, rn.date):
                     landed_at[job.key] = first_seen
-                    if _chain_key(job) in busy:  # its previous exposure is still running
-                        busy[_chain_key(job)].append(job)
-                        continue
-                    busy[_chain_key(job)] = []
-                    pending.add(client.submit(process_quadrant, config, job, key=job.key,
-                                              pure=False))
-            for fut in _ready(pending):
+                    pending.append(_submit_after(client, config, job, latest))
+            state = [(f, f.done()) for f in pending]  # one look each: none lost in between
+            pending = [f for f, finished in state if not finished]
+            for fut in (f for f, finished in state if finished):
                 out = fut.result()
-                waiting = busy.get(_chain_key(out.job))
-                if waiting:
-                    job = waiting.pop(0)
-                    pending.add(client.submit(process_quadrant, config, job, key=job.key,
-                                              pure=False))
-                else:
-                    busy.pop(_chain_key(out.job), None)
                 report.alerts += len(alerts.publish_serialized(out.qa.pop("alerts", [])))
                 if alerts.drain(timeout=5.0):  # with a broker: until acknowledged
                     report.unacknowledged += 1  # broker slow or down: spooled, sent later
@@ -183,17 +171,21 @@ def watch(incoming: Path, config: ZsdsConfig, *, poll_s: float = 1.0, settle_s: 
                 report.latencies_s.append(latency)
                 log.info("quadrant %s %s in %.1f s after landing", out.job.key, out.status, latency)
             idle = time.monotonic() - last_new
-            if (max_files is not None and report.files >= max_files and pending.is_empty()) or \
-                    (max_idle_s is not None and idle > max_idle_s and pending.is_empty()):
+            if (max_files is not None and report.files >= max_files and not pending) or \
+                    (max_idle_s is not None and idle > max_idle_s and not pending):
                 break
             time.sleep(poll_s)
     log.info(report.summary())
     return report
 
 
-def _ready(pending):
-    """Futures of ``pending`` (an ``as_completed``) that have finished, without blocking."""
-    done = []
-    while pending.has_ready():
-        done.append(next(pending))
-    return done
+def _submit_after(client, config: ZsdsConfig, job, latest: dict):
+    """Submit a quadrant after the previous exposure of its field-quadrant (as run-night
+    does, :func:`zsds.pipeline.night._submit_in_chains`): the order is a Dask dependency on
+    that exposure's marker task, which the scheduler keeps also when a worker dies."""
+    from .night import _after, _chain_key, _done
+
+    previous = latest.get(_chain_key(job))
+    fut = client.submit(_after, previous, config, job, key=job.key, pure=False)
+    latest[_chain_key(job)] = client.submit(_done, fut, key=f"done-{job.key}", pure=False)
+    return fut
