@@ -7,7 +7,9 @@ seeing, with the night's biases and dome flats), runs the real pipeline on it
 
 * astrometric RMS per axis of PSF-fit positions of isolated stars with S/N >= 10 (and of all
   such stars, which crowding dominates at b = -14 deg), and the corner cell
-  farthest from the optical axis against the centre cell (3 x 3 grid);
+  farthest from the optical axis against the centre cell (3 x 3 grid); for reference, the
+  RMS that the same stars' own position errors (``x_err``, ``y_err``: the noise floor of a
+  PSF fit, ~Cramer-Rao) predict;
 * zero point against ``true_zp_quadrant`` and colour term against ``true_clrcoeff``;
 * PSF-fit flux bias of isolated unsaturated stars (S/N > 20) and the normalised residuals;
 * MAGLIM against the true 5-sigma depth; the 50% completeness magnitude against MAGLIM;
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
@@ -100,6 +103,10 @@ def measure_image(work: Path, img, truth_exp, refcat) -> dict:
     out["n_astrom_isolated"] = int(good.sum())
     out["astrom_rms_ra_mas"] = float(np.sqrt(np.mean(dra[good] ** 2)))
     out["astrom_rms_dec_mas"] = float(np.sqrt(np.mean(ddec[good] ** 2)))
+    # what the fitted positions' own errors predict (their noise floor), same stars
+    scale = float(np.mean([u.Quantity(v, u.deg).to_value(u.mas) for v in wcs.proj_plane_pixel_scales()]))
+    perr = np.r_[np.asarray(cat["x_err"])[kk][good], np.asarray(cat["y_err"])[kk][good]]
+    out["astrom_expected_mas"] = float(np.sqrt(np.mean(perr**2)) * scale)
     xs, ys = np.asarray(cat["x"])[kk][good], np.asarray(cat["y"])[kk][good]
     ny, nx = hdr["NAXIS2"], hdr["NAXIS1"]
     cell = (np.minimum((xs / nx * 3).astype(int), 2), np.minimum((ys / ny * 3).astype(int), 2))
@@ -185,6 +192,7 @@ def main():
         "astrom_rms_dec_mas_all_snr10_median": float(per.astrom_rms_dec_mas_all.median()),
         "astrom_rms_ra_mas_median": float(per.astrom_rms_ra_mas.median()),
         "astrom_rms_dec_mas_median": float(per.astrom_rms_dec_mas.median()),
+        "astrom_expected_from_errors_mas_median": float(per.astrom_expected_mas.median()),
         "astrom_corner_over_centre_median": float((per.astrom_corner_mas / per.astrom_centre_mas).median()),
         "zp_minus_truth_max_abs": float(per.dzp.abs().max()),
         "clrcoeff_minus_truth_max_abs": float(per.dclr.abs().max()),
