@@ -13,8 +13,9 @@ the quadrant's reference, then against the truth (``truth/sources/<night>/<expid
   flux in the reference's input images (night 1, scaled by the zero points), true S/N =
   expected flux / the stage's flux error at that position; completeness vs true S/N (a kept
   candidate within 1.5 px), flux bias and normalised residuals;
-* false candidates: kept candidates farther than 2 px from every transient and asteroid,
-  before and after the rb threshold that keeps >= 95% of the transients at S/N >= 7; scaled
+* false candidates: kept candidates farther than 2 px from every transient, asteroid and
+  variable star (``truth/variables.parquet``: their changes are real detections, counted
+  apart as variable-star candidates), before and after the rb threshold that keeps >= 95% of the transients at S/N >= 7; scaled
   to a full-size quadrant (3072 x 3080 px) by area;
 * held-out AUC / FPR of the shipped model (stored in the model file by ``zsds rb train``);
 * time per quadrant and FFT count.
@@ -45,6 +46,12 @@ def _ref_inputs(ref_dir: Path) -> list[str]:
 
 def _truth(sim: Path, night: str, expid: int, ccd: int, qid: int) -> pd.DataFrame:
     return pd.read_parquet(sim / "incoming" / "truth" / "sources" / night / f"{expid}_c{ccd:02d}_q{qid}.parquet")
+
+
+def _variable_ids(sim: Path) -> set:
+    """source_ids of the simulated variable stars (their changes are real detections)."""
+    path = sim / "incoming" / "truth" / "variables.parquet"
+    return set(pd.read_parquet(path, columns=["source_id"]).source_id) if path.exists() else set()
 
 
 def _ref_flux(sim: Path, archive: Path, inputs, zp_sci) -> pd.Series:
@@ -87,8 +94,12 @@ def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inp
     kept = c[np.asarray(c["index"]) >= 0]
     best, _ = _match(kept["xpos"], kept["ypos"], tr["x"], tr["y"], 1.5)
     ast = truth[truth.kind == "asteroid"]
+    var = truth[truth.source_id.isin(_variable_ids(sim))]
     allx, ally = np.r_[tr["x"], ast["x"]], np.r_[tr["y"], ast["y"]]
     _, near_real = _match(kept["xpos"], kept["ypos"], allx, ally, 2.0)
+    _, near_var = _match(kept["xpos"], kept["ypos"], var["x"], var["y"], 2.0)
+    on_variable = near_var & ~near_real  # a variable star's change: real, not bogus
+    near_real = near_real | near_var
     meas = np.where(best >= 0, np.asarray(kept["flux"])[np.clip(best, 0, None)] *
                     np.where(np.asarray(kept["isdiffpos"])[np.clip(best, 0, None)] == "t", 1, -1), np.nan)
     merr = np.where(best >= 0, np.asarray(kept["flux_err"])[np.clip(best, 0, None)], np.nan)
@@ -98,7 +109,8 @@ def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inp
             "snr": (np.abs(expected) / err)[inside].to_numpy(), "found": (best >= 0)[inside],
             "true_flux": expected[inside].to_numpy(), "flux": meas[inside], "flux_err": merr[inside],
             "rb_real": rb[inside], "rb_false": np.asarray(kept["rb"])[~near_real],
-            "n_false": int((~near_real).sum()), "qa": r.qa}
+            "n_false": int((~near_real).sum()), "n_variable": int(on_variable.sum()),
+            "rb_variable": np.asarray(kept["rb"])[on_variable], "qa": r.qa}
 
 
 def summarise(rows: list[dict], model_meta: dict) -> dict:
@@ -126,6 +138,8 @@ def summarise(rows: list[dict], model_meta: dict) -> dict:
             "rb_kept_fraction_snr_ge_7": float(np.mean(cat["rb_real"][sel7] >= thr)),
             "false_per_full_quadrant_before_rb": n_false * FULL_AREA / area,
             "false_per_full_quadrant_after_rb": n_false_rb * FULL_AREA / area,
+            "variable_star_candidates_per_full_quadrant_after_rb":
+                int(sum((r["rb_variable"] >= thr).sum() for r in rows)) * FULL_AREA / area,
             "scorr_mean": [round(r["scorr_mean"], 3) for r in rows],
             "scorr_std": [round(r["scorr_std"], 3) for r in rows],
             "seconds_per_512x520": float(np.median([r["seconds"] for r in rows])),
