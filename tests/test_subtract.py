@@ -167,3 +167,28 @@ def test_in_memory_science_gives_the_same_subtraction(tmp_path):
     for name in from_files.candidates.colnames:
         a, b = np.asarray(in_memory.candidates[name]), np.asarray(from_files.candidates[name])
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+
+
+def test_bright_star_halo_vetoes_wings_but_not_the_star_itself():
+    from astropy.table import Table
+
+    from zsds.core.candidates import FILTER_BITS, FilterRules, bright_star_halo, filter_candidates
+
+    rules = FilterRules()
+    ref_x, ref_y = np.array([100.0, 300.0, 500.0]), np.array([100.0, 100.0, 100.0])
+    ref_mag = np.array([12.5, 12.5, 16.0])  # saturated, unsaturated, faint
+    masked = np.array([True, False, False])
+    x = np.array([108.0, 100.3, 308.0, 300.3, 508.0, 130.0])
+    y = np.full(6, 100.0)
+    halo = bright_star_halo(x, y, ref_x, ref_y, ref_mag, masked, rules)
+    radius_125 = rules.bright_star_radius * 10 ** ((rules.bright_star_radius_mag - 12.5) / 7.5)
+    assert 11.0 < radius_125 < 13.0
+    assert halo[0] > 1 and halo[2] > 1  # 8 px from a 12.5 mag star: in its halo
+    assert halo[1] > 1  # on a saturated core
+    assert halo[3] == 0  # on an unsaturated bright star: the star itself may vary
+    assert halo[4] == 0 and halo[5] == 0  # near a faint star / far from any
+    t = Table({"mindtoedge": np.full(6, 50.0), "nbad": np.zeros(6), "elong": np.ones(6),
+               "fwhm": np.full(6, 3.0), "nneg": np.zeros(6), "sumrat": np.ones(6),
+               "magpsf": np.full(6, 19.0), "chipsf": np.ones(6), "brightstar": halo})
+    bits = filter_candidates(t, 3.0, rules)
+    assert list(bits & FILTER_BITS["BRIGHT_STAR"] > 0) == [True, True, True, False, False, False]

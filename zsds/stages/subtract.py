@@ -452,6 +452,19 @@ def _add_nearest(t: Table, refcat: Table | None, sci: _Image):
         t["chinr"][ok] = np.sqrt(np.clip(np.asarray(refcat["chi2"], float)[j], 0, None))
 
 
+def _bright_star_halo(t: Table, refcat: Table | None) -> np.ndarray:
+    """:func:`zsds.core.candidates.bright_star_halo` against the reference catalogue
+    (sources with masked pixels in their fit, ``HAS_MASKED``, count as saturated)."""
+    from ..core.psfphot import PSFPHOT_FLAGS
+
+    if refcat is None or "mag" not in refcat.colnames or len(t) == 0:
+        return np.zeros(len(t))
+    masked = (np.asarray(refcat["flags"], int) & PSFPHOT_FLAGS["HAS_MASKED"]) > 0 \
+        if "flags" in refcat.colnames else None
+    return cands.bright_star_halo(t["xpos"], t["ypos"], refcat["x_sci"], refcat["y_sci"],
+                                  refcat["mag"], masked)
+
+
 def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
              apcorr: float | None = None) -> tuple[Table, float]:
     im = _diff_images(z, sci, bad, apcorr)
@@ -460,7 +473,9 @@ def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
     t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
-    _add_nearest(t, _reference_catalogue(ref, sci), sci)
+    refcat = _reference_catalogue(ref, sci)
+    _add_nearest(t, refcat, sci)
+    t["brightstar"] = _bright_star_halo(t, refcat)
     fwhm_pd = cands._psf_fwhm(z.P_D)
     t["filter_bits"] = cands.filter_candidates(t, fwhm_pd)
     t["rb"] = realbogus.predict(realbogus.load_model(model_path), t) if len(t) else np.zeros(0)
