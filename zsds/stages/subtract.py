@@ -399,6 +399,12 @@ def _psfs(sci: _Image, ref: _Image, new, ref_img, bad_ref):
     return psf_n, psf_r, n, x, y
 
 
+def _search_margin(P_D) -> int:
+    """Margin (pixels) kept free of candidates along the image border and the edge of the
+    reference footprint: the candidates' EDGE rule (10 px), at most the P_D stamp's reach."""
+    return min(int(cands.FilterRules().edge), P_D.shape[0] // 2)
+
+
 def _exclusion(footprint, reach):
     """Pixels where no candidate is searched: outside the reference footprint or the border."""
     from scipy import ndimage
@@ -469,7 +475,7 @@ def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
              apcorr: float | None = None) -> tuple[Table, float]:
     im = _diff_images(z, sci, bad, apcorr)
     lim = cands.diffmaglim(z.S_var, z.s_to_flux, sci.zp, im.apcorr)
-    y, x, sign = cands.detect_peaks(z.S_corr, exclude=_exclusion(footprint, z.P_D.shape[0] // 2))
+    y, x, sign = cands.detect_peaks(z.S_corr, exclude=_exclusion(footprint, _search_margin(z.P_D)))
     t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
@@ -636,7 +642,7 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     bad = sci.bad | (bad_ref & res.footprint)
     t, lim = _extract(z, sci, ref, bad, res.footprint, model_path, cal["apcorr"])
     t_ext = time.perf_counter()
-    excl = _exclusion(res.footprint, z.P_D.shape[0] // 2)
+    excl = _exclusion(res.footprint, _search_margin(z.P_D))
     qa = {"n_detections": len(t), "n_candidates": int(np.sum(np.asarray(t["index"]) >= 0)),
           "diffmaglim": lim, "n_fft": int(z.n_fft), "seconds_load": t_load - t0,
           "seconds_zogy": t_zogy - t_load, "seconds_extract": t_ext - t_zogy,
