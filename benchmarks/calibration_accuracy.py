@@ -150,8 +150,10 @@ def measure_image(work: Path, img, truth_exp, refcat) -> dict:
     out["seconds"] = float(img.seconds)
     # calibrated magnitudes of bright unsaturated stars (for grid and repeatability)
     mag_cal = hdr["MAGZP"] - 2.5 * np.log10(np.asarray(cat["flux"])[k[usable]]) + 0 * ft
+    # the colour of the calibration (reference-catalogue g - r, as MAGZP and CLRCOEFF were
+    # fitted); there is no "true_g" column, and colour 0 left CLRCOEFF x colour in the grid
     colour = (ref.reset_index().set_index("source_id").reindex(stars.source_id[usable])
-              .eval("true_g - true_r").to_numpy() if "true_g" in refcat else 0)
+              .eval("g - r").to_numpy())
     mag_cal = mag_cal + hdr["CLRCOEFF"] * colour
     rows = pd.DataFrame({"source_id": stars.source_id[usable].to_numpy(), "x": stars.x[usable].to_numpy(),
                          "y": stars.y[usable].to_numpy(), "mag_true": stars.mag[usable].to_numpy(),
