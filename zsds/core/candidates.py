@@ -109,7 +109,12 @@ def robust_std(a, step: int = 3) -> float:
     return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else float("nan")
 
 
-def _peaks(image, threshold, exclude):
+def _peaks(image, threshold, exclude, *, separation: int = 4, min_area: int = 20):
+    """Peak pixels of the regions of ``image >= threshold`` (8-connected): the maximum of each
+    region, and in regions of at least ``min_area`` pixels every further local maximum
+    (``2 separation + 1`` square window) at least ``separation`` px from a brighter peak of
+    the region -- two sources a few PSF widths apart (a transient near another one, or near
+    a variable star) share one region above the threshold but are separate candidates."""
     above = image >= threshold
     if exclude is not None:
         above &= ~exclude
@@ -122,7 +127,30 @@ def _peaks(image, threshold, exclude):
     order = np.lexsort((idx, -image.ravel()[idx], lab.ravel()[idx]))
     labels = lab.ravel()[idx[order]]
     first = np.r_[True, labels[1:] != labels[:-1]]
-    return np.unravel_index(idx[order][first], image.shape)
+    peaks = [idx[order][first]]
+    area = np.bincount(labels, minlength=n + 1)
+    boxes = ndimage.find_objects(lab)
+    for label in np.flatnonzero(area >= min_area):
+        peaks.append(_secondary_peaks(image, lab, label, boxes[label - 1], separation))
+    flat = np.concatenate(peaks)
+    return np.unravel_index(flat, image.shape)
+
+
+def _secondary_peaks(image, lab, label, box, separation):
+    """Flat indices of the local maxima of one region other than its maximum, each at least
+    ``separation`` px from every brighter peak kept."""
+    ys, xs = box
+    sub = np.where(lab[ys, xs] == label, image[ys, xs], -np.inf)
+    local = (sub == ndimage.maximum_filter(sub, size=2 * separation + 1, mode="constant",
+                                           cval=-np.inf)) & np.isfinite(sub)
+    py, px = np.nonzero(local)
+    order = np.argsort(-sub[py, px], kind="stable")
+    kept: list[tuple[int, int]] = []
+    for y, x in zip(py[order], px[order]):
+        if all((y - ky) ** 2 + (x - kx) ** 2 >= separation ** 2 for ky, kx in kept):
+            kept.append((y, x))
+    rest = kept[1:]  # the first is the region's maximum, already counted
+    return np.array([(y + ys.start) * image.shape[1] + x + xs.start for y, x in rest], dtype=np.int64)
 
 
 def detect_peaks(S_corr, *, threshold: float = 5.0, exclude=None):
