@@ -2,8 +2,9 @@
 
 Measures (1) the production rate: realistic packets (3 cutouts of 63x63 gzipped noise,
 ~57 kB with the embedded schema) published in quadrant batches and acknowledged by the broker,
-on one core (``taskset -c 0`` if available); (2) latency: p50/p95/max time from a quadrant's
-candidates being ready (``publish`` called) to the broker's acknowledgement of its last alert,
+on one core (``taskset -c 0`` if available; each run on a fresh broker, free to use the
+other cores, since the test broker keeps every message in memory and slows as it fills);
+(2) latency: p50/p95/max time from a quadrant's candidates being ready (``publish`` called) to the broker's acknowledgement of its last alert,
 for quadrants of 20-50 alerts arriving every ``--interval`` s.
 
     python benchmarks/alert_rate.py [--n 6000] [--quadrants 60]
@@ -97,14 +98,25 @@ def latency(bootstrap, n_quad, interval, root, seed=2):
     return np.percentile(lat, [50, 95]), max(lat), int(sizes.sum())
 
 
+def _unpinned_broker() -> TansuBroker:
+    """A new broker free to run on every core (not on the one this process is pinned to)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return TansuBroker().start()
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    try:
+        return TansuBroker().start()
+    finally:
+        os.sched_setaffinity(0, pinned)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=6000)
     ap.add_argument("--quadrants", type=int, default=60)
     ap.add_argument("--interval", type=float, default=0.1)
     args = ap.parse_args()
-    broker = TansuBroker().start()  # before pinning: the broker is not part of "one core"
-    if hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity"):  # the brokers are not part of "one core"
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     t = time.perf_counter()
     pk = packets(args.n)
@@ -112,10 +124,14 @@ def main():
     t = time.perf_counter()
     size = np.mean([len(serialize_alert(p, validate=False)) for p in pk[:500]])
     ser_rate = 500 / (time.perf_counter() - t)
-    with broker as b, tempfile.TemporaryDirectory() as d:
-        rates = [rate(b.bootstrap, pk, Path(d) / f"a{i}", serialized=False) for i in range(3)]
-        rates_ser = [rate(b.bootstrap, pk, Path(d) / f"s{i}", serialized=True) for i in range(3)]
-        (p50, p95), mx, n = latency(b.bootstrap, args.quadrants, args.interval, Path(d) / "b")
+    with tempfile.TemporaryDirectory() as d:
+        rates, rates_ser = [], []
+        for i in range(3):  # alternating, each run on a fresh broker (it keeps messages in memory)
+            for serialized, out in ((True, rates_ser), (False, rates)):
+                with _unpinned_broker() as b:
+                    out.append(rate(b.bootstrap, pk, Path(d) / f"{int(serialized)}{i}", serialized))
+        with _unpinned_broker() as b:
+            (p50, p95), mx, n = latency(b.bootstrap, args.quadrants, args.interval, Path(d) / "b")
     print(f"packet size {size / 1e3:.1f} kB; make_alert {make_rate:.0f}/s, serialize "
           f"{ser_rate:.0f}/s (both on the Dask workers in run-night; not in the rates below)")
     for label, rr in (("distributor, pre-serialized alerts (archive + spool + broker ack)",

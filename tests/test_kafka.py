@@ -149,3 +149,25 @@ def test_archive_appends_new_alerts_of_a_quadrant_once(tmp_path):
         assert [r["objectId"] for r in fastavro.reader(fh)] == [p["objectId"] for p in pk]
     with pytest.raises(KeyError):
         read_alert(path, 12345)
+
+
+def test_sender_values_from_memory_equal_the_archived_bytes(tmp_path):
+    """Alerts just archived go to the sender from memory: byte for byte what the archive
+    gives back (the path after a restart or past the memory budget)."""
+    from kafkabroker import free_port
+
+    from zsds.alerts.packet import serialize_alert
+
+    pk = packets(0, 120)
+    size = len(serialize_alert(pk[0], validate=False))
+    with AlertDistributor(archive_root=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}",
+                          max_backoff=0.2, cache_bytes=80 * size) as dist:  # nobody listens
+        dist.publish(pk[:60])
+        dist.publish(pk[60:])
+        rows = dist.spool.pending(1000)
+        assert len(rows) == 120 and 0 < len(dist._cache) < 120  # the budget held some back
+        from_memory = dist._values(rows)
+        assert not dist._cache
+        assert from_memory == dist.spool.values(rows)
+        assert [deserialize_alert(v)["candid"] for v in from_memory] == [p["candid"] for p in pk]
+        dist.close(timeout=0.5)

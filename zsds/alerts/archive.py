@@ -88,11 +88,13 @@ def _candids_of(path: Path) -> list[int]:
         raise AlertArchiveError(f"{path}: not a readable Avro alert container ({exc})") from None
 
 
-def write_alerts(path: str | Path, alerts: Iterable[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
+def write_alerts(path: str | Path, alerts: Iterable[tuple[int, bytes]],
+                 added: list | None = None) -> dict[int, tuple[int, int]]:
     """Add serialized alerts ``(candid, container bytes)`` to a quadrant's archive file.
 
     Candids already in the file are kept as they are; the file is replaced atomically and
-    flushed to disk (``fsync``) before this returns.
+    flushed to disk (``fsync``) before this returns. ``added``, if given, receives the
+    candids written by this call (not those already archived).
 
     Returns
     -------
@@ -118,6 +120,8 @@ def write_alerts(path: str | Path, alerts: Iterable[tuple[int, bytes]]) -> dict[
             continue
         block = _single_block(container, prefix)
         where[int(candid)] = (pos, len(block))
+        if added is not None:
+            added.append(int(candid))
         pos += len(block) + _MARKER_LEN
         new_blocks.append(block)
     if new_blocks:

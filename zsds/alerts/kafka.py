@@ -76,6 +76,10 @@ class AlertDistributor:
         Spool entries sent per round.
     max_backoff : float
         Longest wait between reconnection attempts, s.
+    cache_bytes : int
+        Alerts archived by this distributor are handed to the sender from memory (up to this
+        many bytes waiting), not read back from the archive; the bytes are the same (a
+        single-alert container is its archive block between the candid's sync markers).
     """
 
     def __init__(self, config=None, *, archive_root=None, bootstrap_servers=None,
@@ -83,7 +87,7 @@ class AlertDistributor:
                  on_ack: Callable[[list[int], float], None] | None = None,
                  on_archived: Callable[[list[Path]], None] | None = None,
                  producer_options: Mapping[str, Any] | None = None, batch: int = 500,
-                 max_backoff: float = 2.0):
+                 max_backoff: float = 2.0, cache_bytes: int = 256 << 20):
         root = archive_root or (config.archive.root if config is not None else None)
         if root is None:
             raise ValueError("AlertDistributor needs a config or archive_root")
@@ -98,6 +102,9 @@ class AlertDistributor:
         self.max_backoff = max_backoff
         self.producer_options = dict(producer_options or {})
         self.spool: AlertSpool | None = None
+        self._cache: dict[int, bytes] = {}  # candid -> message value, archived and spooled here
+        self._cache_room = int(cache_bytes)
+        self._cache_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if bootstrap_servers:
@@ -140,10 +147,10 @@ class AlertDistributor:
         for candid, _, jd, programid, pid, data in rows:
             key = (night_of_jd(jd), int(programid), int(pid))
             files.setdefault(key, []).append((candid, data))
-        where, paths = {}, []
+        where, paths, added = {}, [], []
         for (night, programid, pid), alerts in files.items():
             paths.append(archive_file(self.root, night, programid, pid))
-            for candid, (offset, length) in write_alerts(paths[-1], alerts).items():
+            for candid, (offset, length) in write_alerts(paths[-1], alerts, added).items():
                 where[candid] = (paths[-1], offset, length)
         if paths and self.on_archived is not None:
             self.on_archived(paths)
@@ -152,8 +159,28 @@ class AlertDistributor:
         candids = [r[0] for r in rows]
         if self.spool is not None and entries:
             self.spool.add(entries)
+            self._keep_in_memory(rows, set(added))
             self._wake_sender()
         return candids
+
+    def _keep_in_memory(self, rows, added: set) -> None:
+        """Hold the bytes of newly archived alerts for the sender (within the budget)."""
+        with self._cache_lock:
+            for candid, _, _, _, _, data in rows:
+                if candid in added and len(data) <= self._cache_room:
+                    self._cache[candid] = data
+                    self._cache_room -= len(data)
+
+    def _values(self, rows) -> list[bytes]:
+        """Message values of spool entries: from memory if held, else from the archive."""
+        with self._cache_lock:
+            values = [self._cache.pop(r.candid, None) for r in rows]
+            self._cache_room += sum(len(v) for v in values if v is not None)
+        missing = [r for r, v in zip(rows, values) if v is None]
+        if missing:
+            read = iter(self.spool.values(missing))
+            values = [v if v is not None else next(read) for v in values]
+        return values
 
     def drain(self, timeout: float | None = None) -> int:
         """Wait until the spool is empty or ``timeout`` s passed; returns entries pending."""
@@ -287,7 +314,7 @@ class AlertDistributor:
         spool order holds within every partition; returns ``(rows, [(batch future, rows)])``."""
         batches, current, partitions = [], {}, {}
         try:
-            for r, value in zip(rows, self.spool.values(rows)):
+            for r, value in zip(rows, self._values(rows)):
                 if r.topic not in partitions:
                     partitions[r.topic] = sorted(await producer.partitions_for(r.topic))
                 parts = partitions[r.topic]
