@@ -4,7 +4,8 @@ Measures (1) the production rate: realistic packets (3 cutouts of 63x63 gzipped 
 ~57 kB with the embedded schema) published in quadrant batches and acknowledged by the broker,
 on one core (``taskset -c 0`` if available; each run on a fresh broker, free to use the
 other cores, since the test broker keeps every message in memory and slows as it fills);
-(2) latency: p50/p95/max time from a quadrant's candidates being ready (``publish`` called) to the broker's acknowledgement of its last alert,
+(2) latency: p50/p95/max time from a quadrant's candidates being ready (``publish`` called)
+to the broker's acknowledgement of its last alert,
 for quadrants of 20-50 alerts arriving every ``--interval`` s.
 
     python benchmarks/alert_rate.py [--n 6000] [--quadrants 60]
