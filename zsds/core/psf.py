@@ -397,7 +397,7 @@ class PSFModel:
 
 
 def select_psf_stars(cat, shape, half, *, snr_min=50.0, isolation=None, max_stars=300,
-                     peak_max=None, neighbour_frac=0.01, min_wanted=40):
+                     peak_max=None, neighbour_frac=0.01, min_wanted=20):
     """Indices of isolated, bright, unsaturated point sources in an aperture catalogue.
 
     Stars: ``class_star > 0.9`` and stellarity within 10% of 1; S/N in the 5.66 px aperture
@@ -406,7 +406,11 @@ def select_psf_stars(cat, shape, half, *, snr_min=50.0, isolation=None, max_star
     (default ``half``) brighter than ``neighbour_frac`` of the star, and none at all within
     4 pixels. In crowded fields, where fewer than ``min_wanted`` stars pass, the neighbour
     limit is relaxed to 5% and then 20% (a faint neighbour only touches the PSF wings), and
-    in sparse fields the S/N limit to 20.
+    in sparse fields the S/N limit to 20. Only then: neighbours' light in the stamps makes
+    the model, and so every PSF flux, vary from image to image (with 40 instead of 20 the
+    relaxed selection doubled the epoch-to-epoch scatter of bright stars on 512-px
+    quadrants, 8 -> 16 mmag); fewer clean stars give a simpler model instead
+    (:func:`_sampling_for`).
     The brightest ``max_stars`` are returned.
     """
     for snr, frac in ((snr_min, neighbour_frac), (snr_min, 0.05), (snr_min, 0.2),
