@@ -13,6 +13,8 @@ bad columns) and saturation, and counts, per method:
 The variance is the Poisson + read-noise model of the image itself (flat response 1).
 
     python benchmarks/cosmic_rays.py [WORKDIR] [--images 6] [--no-lacosmic]
+
+L.A.Cosmic comes from astroscrappy: ``pip install -e .[bench]``.
 """
 
 from __future__ import annotations
