@@ -455,7 +455,9 @@ def test_processed_archive_forced_photometry_matches_candidates(processed_archiv
         row = res[(res["index"] == i) & (res["pid"] == cand.pid)]
         assert len(row) == 1
         mag = float(row["zpdiff"].iloc[0] - 2.5 * np.log10(row["forcediffimflux"].iloc[0]))
-        assert abs(mag - cand.magpsf) < 0.1, (mag, cand.magpsf)
+        # agree within 0.1 mag, or 3 sigma for a candidate on a bright host (its sigmapsf
+        # carries the host's photon noise; the forced uncertainty is the sky's only)
+        assert abs(mag - cand.magpsf) < max(0.1, 3 * cand.sigmapsf), (mag, cand.magpsf)
     alert = c.get(f"/alerts/{int(cands['candid'].iloc[0])}?format=json").json()
     assert alert["candid"] == int(cands["candid"].iloc[0])
     img = c.get(f"/images?ra={cands['ra'].iloc[0]}&dec={cands['dec'].iloc[0]}").json()["rows"]
