@@ -144,24 +144,28 @@ def _header_float(header, keys, path, default=None) -> float:
     return float(default)
 
 
-def _estimate_psf(data, bkg, bad, gain):
+def _estimate_psf(data, rms, bad, gain):
     """A PSF model from the image's own stars (aperture catalogue + fit)."""
     from ..core.extract import extract_sources
     from ..core.psf import fit_psf_model
 
-    cat = extract_sources(data, np.zeros_like(data), bkg.rms, bad, thresh=5.0, gain=gain)
-    return fit_psf_model(data, bkg.rms, cat, bad, gain=gain)
+    cat = extract_sources(data, np.zeros_like(data), rms, bad, thresh=5.0, gain=gain)
+    return fit_psf_model(data, rms, cat, bad, gain=gain)
 
 
-def _load_psf(psf_path, image_path: Path, old: str, new: str, data, bkg, bad, gain):
+def _load_psf(psf_path, image_path: Path, old: str, new: str, data, rms, bad, gain):
     p = Path(psf_path) if psf_path is not None else _sibling(image_path, old, new)
     if p is None:
-        return _estimate_psf(data, bkg, bad, gain)
+        return _estimate_psf(data, rms, bad, gain)
     with fits.open(p, memmap=False) as h:
         if "NODES" in h:
             return PSFModel.from_fits(h)
         stamp = np.asarray(h[0].data, np.float64)
     return stamp / stamp.sum()
+
+
+_NAMES = {"sci": ("_sciimg.fits", "_mskimg.fits", "_sciimgpsf.fits"),
+          "ref": ("_refimg.fits", "_refmsk.fits", "_refpsf.fits")}
 
 
 def _load_image(path, psf_path, kind: str) -> _Image:
@@ -172,18 +176,9 @@ def _load_image(path, psf_path, kind: str) -> _Image:
     with fits.open(path, memmap=False) as h:
         hdu = h[0] if h[0].data is not None else h[1]
         raw, header = np.asarray(hdu.data, np.float32), hdu.header.copy()
-    old = "_sciimg.fits" if kind == "sci" else "_refimg.fits"
-    bad = _read_mask(path, old, "_mskimg.fits" if kind == "sci" else "_refmsk.fits", raw.shape)
-    bad |= ~np.isfinite(raw)
-    raw = np.where(bad, 0, raw).astype(np.float32)
-    bkg = background.background_maps(raw, mask=bad)
-    data = raw - bkg.sky
-    gain = _header_float(header, ("GAIN",), path, default=1.0)
-    zp = _header_float(header, ("MAGZP",), path)
-    variance = _variance(path, old, data, bkg.rms, gain, kind)
-    psf = _load_psf(psf_path, path, old, "_sciimgpsf.fits" if kind == "sci" else "_refpsf.fits",
-                    data, bkg, bad, gain)
-    return _Image(path, data, header, WCS(header), bad, bkg.rms, variance, psf, zp, gain)
+    image, msk, _ = _NAMES[kind]
+    return _assemble(path, raw, header, _read_mask(path, image, msk, raw.shape), kind,
+                     psf_path=psf_path)
 
 
 def _science_in_memory(path, calibrated) -> _Image:
@@ -195,21 +190,35 @@ def _science_in_memory(path, calibrated) -> _Image:
 
     from ..io.products import fit_comments
 
-    path = Path(path)
     header = fits.Header.fromstring(fit_comments(calibrated.header.copy()).tostring())
-    raw = np.asarray(calibrated.image, np.float32)
-    bad = ((np.asarray(calibrated.mask).astype(np.int64) & BAD_PIXEL_BITS) > 0) | ~np.isfinite(raw)
-    raw = np.where(bad, 0, raw).astype(np.float32)
-    rms = np.asarray(calibrated.background_rms, np.float32)
-    data = raw - np.asarray(calibrated.background, np.float32)
-    gain = _header_float(header, ("GAIN",), path, default=1.0)
-    zp = _header_float(header, ("MAGZP",), path)
-    variance = _variance(path, "_sciimg.fits", data, rms, gain, "sci")
     buf = io.BytesIO()
     calibrated.psf_model.to_fits().writeto(buf)
     buf.seek(0)
     with fits.open(buf, memmap=False) as h:
         psf = PSFModel.from_fits(h)
+    bad = (np.asarray(calibrated.mask).astype(np.int64) & BAD_PIXEL_BITS) > 0
+    return _assemble(Path(path), np.asarray(calibrated.image, np.float32), header, bad, "sci",
+                     sky=(calibrated.background, calibrated.background_rms), psf=psf)
+
+
+def _assemble(path: Path, raw, header, bad, kind: str, *, sky=None, psf=None,
+              psf_path=None) -> _Image:
+    """An ``_Image`` from its pixels, header and bad-pixel mask: the background maps
+    (``sky = (map, rms map)`` if already made from the same pixels and mask), variance, gain,
+    zero point and PSF (``psf`` given, else read from ``psf_path`` or the sibling product)."""
+    image, _, psf_name = _NAMES[kind]
+    bad = bad | ~np.isfinite(raw)
+    raw = np.where(bad, 0, raw).astype(np.float32)
+    if sky is None:
+        bkg = background.background_maps(raw, mask=bad)
+        sky = (bkg.sky, bkg.rms)
+    back, rms = (np.asarray(a, np.float32) for a in sky)
+    data = raw - back
+    gain = _header_float(header, ("GAIN",), path, default=1.0)
+    zp = _header_float(header, ("MAGZP",), path)
+    variance = _variance(path, image, data, rms, gain, kind)
+    if psf is None:
+        psf = _load_psf(psf_path, path, image, psf_name, data, rms, bad, gain)
     return _Image(path, data, header, WCS(header), bad, rms, variance, psf, zp, gain)
 
 
