@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/lightcurve_accuracy.py [WORKDIR] [--nights 3] [--exposures 12] [--seed 7]
+        [--span-days 0] [--scatter-visits]
 
 Simulates (if ``WORKDIR/incoming`` is missing) field 655, CCD 13, quadrant 3 at 512x520 px,
 processes every night, builds the reference (``--min-frames 3``), then builds the lightcurves
@@ -37,9 +38,10 @@ import pandas as pd
 FIRST_NIGHT = "20261121"
 
 
-def _nights(n: int) -> list[str]:
-    start = pd.Timestamp(FIRST_NIGHT)
-    return [(start + pd.Timedelta(days=i)).strftime("%Y%m%d") for i in range(n)]
+def _nights(work: Path) -> list[str]:
+    """The simulated nights (YYYYMMDD), from the simulator's exposure truth."""
+    exp = pd.read_parquet(work / "incoming" / "truth" / "exposures.parquet", columns=["night"])
+    return sorted(str(n) for n in exp["night"].unique())
 
 
 def _env(work: Path) -> dict:
@@ -47,7 +49,8 @@ def _env(work: Path) -> dict:
             "ZSDS__REFCAT__PATH": str(work / "incoming" / "refcat")}
 
 
-def prepare(work: Path, nights: int, exposures: int, seed: int) -> None:
+def prepare(work: Path, nights: int, exposures: int, seed: int, span_days: int = 0,
+            scatter_visits: bool = False) -> None:
     """Simulate and process the data set once (kept in ``work``; marker ``prepared.ok``)."""
     if (work / "prepared.ok").exists():
         return
@@ -57,8 +60,9 @@ def prepare(work: Path, nights: int, exposures: int, seed: int) -> None:
                                     stdout=subprocess.DEVNULL)
     run("simulate", str(work / "incoming"), "--fields", "655", "--ccds", "13", "--quads", "3",
         "--quad-size", "512x520", "--nights", str(nights), "--exposures-per-night", str(exposures),
-        "--filters", "zr", "--n-bias", "5", "--n-flat", "5", "--seed", str(seed))
-    for night in _nights(nights):
+        "--filters", "zr", "--n-bias", "5", "--n-flat", "5", "--seed", str(seed),
+        "--span-days", str(span_days), *(["--scatter-visits"] if scatter_visits else []))
+    for night in _nights(work):
         subprocess.run(["zsds", "run-night", night, "--incoming", str(work / "incoming" / "raw"),
                         "--no-progress"], env=_env(work), stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
@@ -257,11 +261,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--nights", type=int, default=3)
     ap.add_argument("--exposures", type=int, default=12)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--span-days", type=int, default=0,
+                    help="spread the nights at random over this many days (0: consecutive)")
+    ap.add_argument("--scatter-visits", action="store_true",
+                    help="exposures at random times in each night (default: evenly spaced)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    prepare(work, args.nights, args.exposures, args.seed)
-    nights = _nights(args.nights)
+    prepare(work, args.nights, args.exposures, args.seed, args.span_days, args.scatter_visits)
+    nights = _nights(work)
     ids = id_stability(work, nights)
     store = ids.pop("store")
     ids.pop("incremental")

@@ -109,6 +109,26 @@ def test_lomb_scargle_recovers_period(period):
     assert out["ls_log10_fap"] < -5
 
 
+def test_lomb_scargle_sawtooth_over_months_not_an_alias():
+    """Two visits a night on 40 nights of a 150-day season: a sawtooth's period to 1%."""
+    rng = np.random.default_rng(11)
+    nights = np.sort(rng.choice(np.arange(1, 150), 39, replace=False))
+    t = 61000 + np.sort(np.concatenate([n + rng.uniform(0.1, 0.4, 2) for n in np.r_[0, nights]]))
+    recovered = 0
+    for period in (0.37, 0.93, 2.7, 6.1, 13.0):
+        m = 17 + 0.15 * ((t / period + 0.3) % 1.0 - 0.5) + rng.normal(0, 0.01, t.size)
+        recovered += abs(lcmetrics.lomb_scargle(t, m, np.full(t.size, 0.01))["ls_period_1"] / period - 1) <= 0.01
+    assert recovered == 5
+
+
+def test_peak_ranking_prefers_the_harmonic_fit_but_not_a_subharmonic():
+    alias, true = (2.0, 0.30, 0.50), (1.0, 0.25, 0.80)
+    assert lcmetrics._rank_by_harmonic_fit([alias, true])[0] == true
+    half = (0.5, 0.10, 0.805)  # fits as well with two harmonics: not a better period
+    assert lcmetrics._rank_by_harmonic_fit([true, half])[0] == true
+    assert lcmetrics._rank_by_harmonic_fit([true, (0.5, 0.1, 0.9)])[0][0] == 0.5
+
+
 # -- store ------------------------------------------------------------------------------------
 def _synthetic_store(tmp_path, order=12, n=400):
     from zsds.stages.lightcurves import OBJECT_COLUMNS, detection_schema, object_schema

@@ -135,3 +135,38 @@ def test_realism_counts_against_the_real_ztf_quadrant(tmp_path_factory):
     np.testing.assert_allclose(counts, real, rtol=0.25)
     noise_to_sky = (rms / np.sqrt(sky)) / (5.9 / np.sqrt(157.0))
     assert abs(noise_to_sky - 1) < 0.15
+
+
+def test_schedule_spreads_nights_and_scatters_visits():
+    from zsds.sim.schedule import make_schedule
+
+    sched = make_schedule("20261121", 6, [655], {655: (58.0, 33.0)}, ["zr"], 5, seed=3,
+                          n_bias=0, n_flat=0, span_days=90, scatter_visits=True)
+    nights = sorted(sched["night"].unique())
+    assert nights[0] == "20261121" and len(nights) == 6
+    days = pd.to_datetime(nights).to_series().diff().dt.days.dropna()
+    assert days.max() > 1 and days.sum() < 90          # spread, within the span
+    gaps = sched.groupby("night")["obsjd"].diff().dropna() * 86400
+    assert gaps.min() >= 45 - 1e-3                      # never closer than the cadence
+    assert gaps.std() > 60                              # and not evenly spaced
+    even = make_schedule("20261121", 2, [655], {655: (58.0, 33.0)}, ["zr"], 5, seed=3,
+                         n_bias=0, n_flat=0)
+    steps = even.assign(step=even.groupby("night")["obsjd"].diff()).dropna()
+    assert (steps.groupby("night")["step"].agg(np.ptp) * 86400 < 1).all()
+
+
+def test_quiet_nights_keep_transients_out_of_the_first_nights(tmp_path):
+    spec = SimulationSpec(outdir=tmp_path, nights=2, fields=[655], ccds=[13], quads=[3],
+                          quad_shape=(260, 256), filters=["zr"], exposures_per_night=2, n_bias=0,
+                          n_flat=0, seed=8, n_mba=0, n_nea=0, n_transients=12, quiet_nights=1)
+    simulate(spec)
+    tr = pd.read_parquet(tmp_path / "truth" / "transients.parquet")
+    exp = pd.read_parquet(tmp_path / "truth" / "exposures.parquet")
+    first_end = exp.loc[exp["night"] == "20261121", "obsjd"].max()
+    assert (tr["t_explode_jd"] > first_end).all() and (tr["t_peak_jd"] >= tr["t_explode_jd"]).all()
+    hosts = tr.loc[tr["host_source_id"] > 0, "host_source_id"]
+    assert hosts.is_unique and len(hosts) > 0          # one transient per host galaxy
+    kinds = {night: set() for night in ("20261121", "20261122")}
+    for f in (tmp_path / "truth" / "sources").glob("*/*.parquet"):
+        kinds[f.parent.name] |= set(pd.read_parquet(f, columns=["kind"])["kind"])
+    assert "transient" not in kinds["20261121"] and "transient" in kinds["20261122"]

@@ -107,6 +107,12 @@ def simulate(
     n_bias: int = typer.Option(10, min=0, help="Biases per night."),
     n_flat: int = typer.Option(10, min=0, help="Dome flats per filter per night."),
     transients: int = typer.Option(5, min=0, help="Transients per quadrant footprint."),
+    span_days: int = typer.Option(0, min=0, help="Spread the nights at random over this many "
+                                  "days (0: consecutive nights)."),
+    scatter_visits: bool = typer.Option(False, help="Exposures at random times in the night "
+                                        "(default: evenly spaced)."),
+    quiet_nights: int = typer.Option(0, min=0, help="Transients appear only after this many "
+                                     "nights (a reference from those nights holds none)."),
     n_mba: int = typer.Option(40, min=0, help="Main-belt asteroids in the footprint."),
     n_nea: int = typer.Option(6, min=0, help="Near-Earth asteroids in the footprint."),
     source_truth: bool = typer.Option(True, help="Write per-quadrant source truth tables."),
@@ -138,6 +144,8 @@ def simulate(
                           ccds=ccd_ids, quads=qids, quad_shape=_quad_size(quad_size), seed=seed,
                           filters=filt, exposures_per_night=exposures_per_night,
                           seeing_arcsec=seeing, sky_mag=sky_mag, n_transients=transients,
+                          quiet_nights=quiet_nights, span_days=span_days,
+                          scatter_visits=scatter_visits,
                           n_mba=n_mba, n_nea=n_nea, source_truth=source_truth,
                           cloudy_fraction=cloudy_fraction, n_bias=n_bias, n_flat=n_flat)
     bar = tqdm(total=None, unit="file", desc="simulate", file=sys.stderr, dynamic_ncols=True)

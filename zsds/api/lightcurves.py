@@ -89,10 +89,12 @@ def _parse_ids(values) -> list[int]:
 def _hjd(mjd, ra, dec) -> np.ndarray:
     if not len(mjd):
         return np.zeros(0)
-    t = Time(np.asarray(mjd, float), format="mjd", scale="utc", location=PALOMAR)
-    ltt = t.light_travel_time(SkyCoord(np.asarray(ra, float), np.asarray(dec, float), unit="deg"),
-                              "heliocentric")
-    return (t.utc + ltt).jd
+    from ..core.ephemeris import offline_iers
+    with offline_iers():
+        t = Time(np.asarray(mjd, float), format="mjd", scale="utc", location=PALOMAR)
+        ltt = t.light_travel_time(SkyCoord(np.asarray(ra, float), np.asarray(dec, float), unit="deg"),
+                                  "heliocentric")
+        return (t.utc + ltt).jd
 
 
 def irsa_table(res: lcquery.LcResult, *, filters=None, mjd_range=(-math.inf, math.inf),

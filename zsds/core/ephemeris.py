@@ -78,11 +78,20 @@ def equatorial_to_ecliptic(xyz: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _offline_iers():
-    """Use only the bundled IERS tables; never try to download (no network here)."""
+def offline_iers():
+    """Use only the bundled IERS tables; never try to download (no network here).
+
+    Their predictions are used however old, and past their end UT1 - UTC is held: an error
+    of a second in UT1 moves the observatory by under 0.5 km, nothing for airmass or an
+    asteroid's topocentric position.
+    """
     with iers.conf.set_temp("auto_download", False), \
-            iers.conf.set_temp("iers_degraded_accuracy", "warn"):
+            iers.conf.set_temp("auto_max_age", None), \
+            iers.conf.set_temp("iers_degraded_accuracy", "ignore"):
         yield
+
+
+_offline_iers = offline_iers
 
 
 def jd_utc_to_mjd_tdb(jd_utc) -> np.ndarray:

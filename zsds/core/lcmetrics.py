@@ -169,6 +169,23 @@ def _peaks(freq, power, sep):
     return chosen
 
 
+def _rank_by_harmonic_fit(refined):
+    """Order candidate peaks ``(freq, grid power, harmonic power)`` by the harmonic fit.
+
+    The grid's single-sine power often puts a sampling alias (1/day, the in-night spacing)
+    above the true frequency for non-sinusoidal shapes; the multi-harmonic fit separates them.
+    A candidate at half another's frequency fits as well with two harmonics; it wins only with
+    a clearly better fit (2% more power), so a sine is not reported at twice its period.
+    """
+    def score(c):
+        f, _, pw = c
+        for g, _, pw_g in refined:
+            if abs(2 * f / g - 1) < 0.01 and pw < 1.02 * pw_g:
+                return pw - 1.0  # subharmonic of an equally good candidate
+        return pw
+    return sorted(refined, key=score, reverse=True)
+
+
 def _baluev_log10_fap(z, n, fmax, t):
     if not (0 < z < 1) or n < 5:
         return np.nan
@@ -212,7 +229,8 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
         ff = np.linspace(f_lo, f_hi, p.refine_points)
         pp = _harmonic_power(t0, y, dy, ff, p.refine_nterms)
         k = int(np.nanargmax(pp))
-        refined.append((ff[k], power[i]))
+        refined.append((ff[k], power[i], pp[k]))
+    refined = _rank_by_harmonic_fit(refined)
     med = float(np.median(power))
     mad = 1.4826 * float(np.median(np.abs(power - med)))
     out.update(ls_freq_1=refined[0][0], ls_period_1=1.0 / refined[0][0], ls_power_1=refined[0][1],
@@ -220,7 +238,7 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
                ls_amplitude=_sine_amplitude(t0, y, dy, refined[0][0]),
                ls_power_median=med, ls_power_snr=(refined[0][1] - med) / mad if mad > 0 else np.nan,
                ls_nfreq=float(nf))
-    for k, (f, pw) in enumerate(refined[1:], start=2):
+    for k, (f, pw, _) in enumerate(refined[1:], start=2):
         out[f"ls_period_{k}"], out[f"ls_power_{k}"] = 1.0 / f, pw
     return out
 

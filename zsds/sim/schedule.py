@@ -12,7 +12,8 @@ import pandas as pd
 from astropy import units as u
 from astropy.coordinates import AltAz, EarthLocation, SkyCoord, get_sun
 from astropy.time import Time
-from astropy.utils import iers
+
+from ..core.ephemeris import offline_iers
 
 __all__ = ["make_schedule", "PALOMAR_LOCATION", "airmass_at", "SCHEDULE_COLUMNS"]
 
@@ -23,11 +24,12 @@ _EXPTIME_S = 30.0
 
 
 def _altaz(jd, ra=None, dec=None):
-    iers.conf.auto_download = False
-    t = Time(jd, format="jd", scale="utc")
-    frame = AltAz(obstime=t, location=PALOMAR_LOCATION)
-    target = get_sun(t) if ra is None else SkyCoord(ra * u.deg, dec * u.deg)
-    return target.transform_to(frame)
+    """Alt-az at Palomar; UT1 may be extrapolated (a second of UT1 is nothing for airmass)."""
+    with offline_iers():
+        t = Time(jd, format="jd", scale="utc")
+        frame = AltAz(obstime=t, location=PALOMAR_LOCATION)
+        target = get_sun(t) if ra is None else SkyCoord(ra * u.deg, dec * u.deg)
+        return target.transform_to(frame)
 
 
 def airmass_at(jd, ra_deg, dec_deg):
@@ -72,10 +74,32 @@ def _visit_order(fields, filters, n_exp, rng):
     return visits[:n_exp]
 
 
+def _night_offsets(nights: int, span_days: int, seed: int) -> list[int]:
+    """Days after the first night of each night: consecutive, or spread over ``span_days``."""
+    if span_days <= nights:
+        return list(range(nights))
+    rng = np.random.default_rng([seed, 13, span_days])
+    later = rng.choice(np.arange(1, span_days), size=nights - 1, replace=False)
+    return [0] + sorted(int(d) for d in later)
+
+
+def _visit_times(start: float, end: float, n: int, rng) -> np.ndarray:
+    """JD of ``n`` exposures in [start, end]: evenly spaced (centred if few), or at random."""
+    span = end - start
+    gap = _CADENCE_S / 86400
+    if rng is not None and span > n * gap:
+        return start + np.sort(rng.uniform(0, span - n * gap, n)) + np.arange(n) * gap
+    step = max(gap, span / max(n, 1))
+    if step * n < span:  # few exposures: centre them in the window
+        start += (span - step * n) / 2
+    return start + np.arange(n) * step
+
+
 def make_schedule(start_night: str, nights: int, fields: list[int], field_coords: dict,
                   filters=("zr", "zg"), exposures_per_night: int = 700, seed: int = 1,
                   n_bias: int = 10, n_flat: int = 10, n_dark: int = 0,
-                  program_weights=(0.6, 0.3, 0.1)) -> pd.DataFrame:
+                  program_weights=(0.6, 0.3, 0.1), span_days: int = 0,
+                  scatter_visits: bool = False) -> pd.DataFrame:
     """Build the schedule of simulated nights.
 
     Parameters
@@ -97,6 +121,14 @@ def make_schedule(start_night: str, nights: int, fields: list[int], field_coords
         Calibration exposures per night (flats per filter).
     program_weights : tuple of 3 floats
         Probabilities of program IDs 1, 2, 3 for an object visit.
+    span_days : int
+        If larger than ``nights``, the nights are spread at random over this many days
+        (the first is ``start_night``), as weather and the survey's field rotation spread a
+        field's visits; otherwise they are consecutive.
+    scatter_visits : bool
+        Place a night's object exposures at random times in its observable window (45 s or
+        more apart), as a scheduler interleaving many fields does, instead of evenly; even
+        spacing repeated every night makes strong aliases in periodograms.
 
     Returns
     -------
@@ -105,7 +137,7 @@ def make_schedule(start_night: str, nights: int, fields: list[int], field_coords
         ordered by time. ``expid`` = days since 2017-01-01 x 10000 + sequence in the night.
     """
     rows = []
-    for k in range(nights):
+    for k in _night_offsets(nights, span_days, seed):
         night_t = Time(f"{start_night[:4]}-{start_night[4:6]}-{start_night[6:]}", scale="utc") + k * u.day
         night = night_t.strftime("%Y%m%d")
         rng = np.random.default_rng([seed, 11, int(night)])
@@ -129,13 +161,10 @@ def make_schedule(start_night: str, nights: int, fields: list[int], field_coords
             add(t, 0, "zr", _EXPTIME_S, "dark", 1)
             t += 45 / 86400
         start, end = _observable_window(night, [field_coords[f] for f in fields if f in field_coords])
-        span = end - start
-        step = max(_CADENCE_S / 86400, span / max(exposures_per_night, 1))
-        if step * exposures_per_night < span:  # few exposures: centre them in the window
-            start += (span - step * exposures_per_night) / 2
+        times = _visit_times(start, end, exposures_per_night, rng if scatter_visits else None)
         visits = _visit_order(list(fields), list(filters), exposures_per_night, rng)
         progs = rng.choice([1, 2, 3], size=len(visits), p=list(program_weights))
         for i, (field_id, filt) in enumerate(visits):
-            add(start + i * step, field_id, filt, _EXPTIME_S, "object", int(progs[i]))
+            add(times[i], field_id, filt, _EXPTIME_S, "object", int(progs[i]))
     df = pd.DataFrame(rows, columns=SCHEDULE_COLUMNS + ["night"])
     return df.sort_values("obsjd", kind="stable").reset_index(drop=True)

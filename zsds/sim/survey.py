@@ -68,6 +68,14 @@ class SimulationSpec:
         Fix the sky brightness.
     n_transients : int
         Transients per simulated quadrant footprint.
+    quiet_nights : int
+        Transients appear only after the first ``quiet_nights`` nights (each explodes at a
+        random time after them and peaks later). A reference built from those nights then holds
+        none of their light, as with fakes injected into science images. 0: every transient
+        exists throughout the survey (rising to and declining from its peak).
+    span_days, scatter_visits : int, bool
+        Spread the nights at random over ``span_days`` days, and the exposures of a night at
+        random over its observable window (see :func:`~zsds.sim.schedule.make_schedule`).
     variable_fraction : float
         Fraction of stars brighter than r = 19 that are periodic variables.
     n_mba, n_nea : int
@@ -94,6 +102,9 @@ class SimulationSpec:
     seeing_arcsec: float | None = None
     sky_mag: float | None = None
     n_transients: int = 5
+    quiet_nights: int = 0
+    span_days: int = 0
+    scatter_visits: bool = False
     variable_fraction: float = 0.02
     n_mba: int = 40
     n_nea: int = 6
@@ -152,17 +163,19 @@ def _variable_dmag(var: pd.DataFrame, jd: float) -> np.ndarray:
     return 0.5 * amp * wave
 
 
-def _transients(spec: SimulationSpec, circles, refcat, jd0, jd1) -> pd.DataFrame:
+def _transients(spec: SimulationSpec, circles, refcat, jd0, jd1,
+                quiet_end_jd: float | None = None) -> pd.DataFrame:
     rng = np.random.default_rng([spec.seed, 29])
     rows = []
     gals = refcat[refcat["galaxy"] & refcat["r"].notna() & (refcat["r"] < 20.5)]
+    used_hosts: set[int] = set()  # a galaxy hosts one transient at a time
     for (f, ccd, qid), (ra, dec, radius) in sorted(circles.items()):
         inner = radius * 0.6
         for k in range(spec.n_transients):
             host = None
             if k % 2 == 1 and len(gals):
                 d = np.hypot((gals["ra"] - ra) * np.cos(np.radians(dec)), gals["dec"] - dec)
-                near = gals[d < inner]
+                near = gals[(d < inner) & ~gals["source_id"].isin(used_hosts)]
                 if len(near):
                     host = near.iloc[int(rng.integers(len(near)))]
             if host is not None:
@@ -170,6 +183,7 @@ def _transients(spec: SimulationSpec, circles, refcat, jd0, jd1) -> pd.DataFrame
                 t_ra = float(host["ra"] + off[0] / np.cos(np.radians(dec)))
                 t_dec = float(host["dec"] + off[1])
                 host_id = int(host["source_id"])
+                used_hosts.add(host_id)
             else:
                 r = inner * np.sqrt(rng.uniform())
                 a = rng.uniform(0, 2 * np.pi)
@@ -182,7 +196,14 @@ def _transients(spec: SimulationSpec, circles, refcat, jd0, jd1) -> pd.DataFrame
                 peak_mag_r=float(rng.uniform(16.5, 20.0)), color_gr=float(rng.normal(0.0, 0.2)),
                 rise_mag_per_day=float(rng.uniform(0.15, 0.5)),
                 decline_mag_per_day=float(rng.uniform(0.03, 0.1))))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["t_explode_jd"] = -np.inf
+    if quiet_end_jd is not None and len(table):
+        late = np.random.default_rng([spec.seed, 30])
+        table["t_explode_jd"] = quiet_end_jd + late.uniform(0.01, 0.3, len(table))
+        table["t_peak_jd"] = table["t_explode_jd"] + late.uniform(0.0, max(jd1 + 3 - quiet_end_jd, 0.5),
+                                                                   len(table))
+    return table
 
 
 def _transient_mags(tr: pd.DataFrame, jd: float, filt: str) -> np.ndarray:
@@ -192,6 +213,8 @@ def _transient_mags(tr: pd.DataFrame, jd: float, filt: str) -> np.ndarray:
     rate = np.where(dt < 0, tr["rise_mag_per_day"], tr["decline_mag_per_day"])
     mag_r = tr["peak_mag_r"].to_numpy() + np.abs(dt) * rate
     offset = {"zg": tr["color_gr"].to_numpy(), "zr": 0.0, "zi": -0.2}[filt]
+    if "t_explode_jd" in tr:
+        mag_r = np.where(jd >= tr["t_explode_jd"].to_numpy(), mag_r, np.inf)  # not yet there
     return mag_r + offset
 
 
@@ -545,7 +568,8 @@ def simulate(spec: SimulationSpec, progress=None) -> dict:
     write_refcat(refcat, out / "refcat")
     coords = {f: (camera.field(f).ra, camera.field(f).dec) for f in spec.fields}
     sched = make_schedule(spec.start_night, spec.nights, spec.fields, coords, spec.filters,
-                          spec.exposures_per_night, spec.seed, spec.n_bias, spec.n_flat)
+                          spec.exposures_per_night, spec.seed, spec.n_bias, spec.n_flat,
+                          span_days=spec.span_days, scatter_visits=spec.scatter_visits)
     sched[[c for c in sched.columns if c != "night"]].to_csv(out / "schedule.csv", index=False)
     jd0, jd1 = float(sched["obsjd"].min()), float(sched["obsjd"].max())
     ast = simulate_asteroids(_asteroid_pointings(circles, sched), jd0, jd1, spec.seed,
@@ -555,7 +579,12 @@ def simulate(spec: SimulationSpec, progress=None) -> dict:
     ast.to_parquet(truth / "asteroids.parquet", index=False)
     variables = _variables(refcat, spec)
     variables.to_parquet(truth / "variables.parquet", index=False)
-    transients = _transients(spec, circles, refcat, jd0, jd1)
+    quiet_end = None
+    if spec.quiet_nights > 0:
+        nights = sorted(sched["night"].unique())
+        quiet = sched[sched["night"].isin(nights[:spec.quiet_nights])]
+        quiet_end = float(quiet["obsjd"].max()) if len(quiet) else None
+    transients = _transients(spec, circles, refcat, jd0, jd1, quiet_end)
     transients.to_parquet(truth / "transients.parquet", index=False)
     eph = _asteroid_positions(ast, sched)
     if len(eph):
