@@ -100,7 +100,7 @@ def _match(cx, cy, tx, ty, radius):
 
 def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inputs, model) -> dict:
     t0 = time.perf_counter()
-    r = subtract_images(sci_path, ref_path, model_path=model)
+    r = subtract_images(sci_path, ref_path, model_path=model, fft_wisdom=True)  # as run-night
     seconds = time.perf_counter() - t0
     h = fits.getheader(sci_path)
     night = sci_path.parts[-4] + sci_path.parts[-3]

@@ -57,6 +57,37 @@ def test_plans_roundtrip_count_and_wisdom():
     assert all(zfft.import_wisdom(zfft.export_wisdom()))
 
 
+_OTHER_PROCESS = """
+import sys, numpy as np
+from zsds.io.fftwisdom import measured_plans
+a = np.load(sys.argv[2])
+np.save(sys.argv[3], measured_plans((96, 120), 1, sys.argv[1]).rfft2(a))
+"""
+
+
+def test_measured_plans_are_shared_through_the_wisdom_file(tmp_path):
+    import subprocess
+    import sys
+
+    from zsds.io.fftwisdom import measured_plans
+
+    path = tmp_path / "cache" / "wisdom.bin"
+    a = np.random.default_rng(3).normal(size=(90, 110)).astype(np.float32)
+    plans = measured_plans((96, 120), 1, path)
+    assert path.exists() and measured_plans((96, 120), 1, path) is plans
+    stamp = path.stat().st_mtime_ns
+    A = plans.rfft2(a)
+    np.testing.assert_allclose(A, np.fft.rfft2(a, s=(96, 120)), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(plans.irfft2(A, a.shape), a, atol=1e-5)
+    np.save(tmp_path / "a.npy", a)
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(path), str(tmp_path / "a.npy"),
+                    str(tmp_path / "A.npy")], check=True)
+    assert np.array_equal(np.load(tmp_path / "A.npy"), A)   # the same plan, bit for bit
+    assert path.stat().st_mtime_ns == stamp                  # taken from the file, not re-measured
+    path.write_bytes(b"garbage")                             # unreadable wisdom: measured again
+    assert measured_plans((96, 120), 1, path).rfft2(a).shape == A.shape
+
+
 # ----------------------------------------------------------------------------- ZOGY statistics
 
 

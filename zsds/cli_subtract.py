@@ -23,11 +23,16 @@ def subtract_cmd(
     sci_psf: Optional[Path] = typer.Option(None, "--sci-psf", help="Science PSF (model or stamp)."),
     ref_psf: Optional[Path] = typer.Option(None, "--ref-psf", help="Reference PSF (model or stamp)."),
     threads: int = typer.Option(1, "--threads", min=1, help="FFTW threads."),
+    measured_fft: bool = typer.Option(True, help="Measured FFTW plans from the shared wisdom "
+                                      "file (processing.fft_wisdom), not estimated ones."),
 ):
     """ZOGY subtraction and candidate extraction of any calibrated pair."""
+    from .config import load_config
     from .stages.subtract import subtract_images
 
-    r = subtract_images(sci, ref, sci_psf=sci_psf, ref_psf=ref_psf, out_dir=out, threads=threads)
+    wisdom = (load_config().processing.fft_wisdom or True) if measured_fft else None
+    r = subtract_images(sci, ref, sci_psf=sci_psf, ref_psf=ref_psf, out_dir=out, threads=threads,
+                        fft_wisdom=wisdom)
     kept = int((r.candidates["index"] >= 0).sum())
     typer.echo(f"{len(r.candidates)} detections, {kept} candidates after filters, "
                f"{r.qa.get('n_streaks', 0)} streaks; "

@@ -85,6 +85,10 @@ class KafkaConfig(_Section):
 
 class ProcessingConfig(_Section):
     fft_threads: int = Field(1, ge=1)
+    measured_fft: bool = Field(True, description="FFTW_MEASURE plans shared through a wisdom "
+                               "file (2-3x faster transforms); false: FFTW_ESTIMATE plans")
+    fft_wisdom: Path | None = Field(None, description="the shared wisdom file (default "
+                                    "~/.cache/zsds/fftw-wisdom.bin); a shared path on a cluster")
 
 
 class CalibrateConfig(_Section):

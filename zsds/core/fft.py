@@ -68,7 +68,12 @@ class FFTPlans:
         candidate algorithms, so two processes may pick different plans whose results
         differ in the last bits; a candidate at the S_corr threshold can then flip between
         runs. ``FFTW_ESTIMATE`` picks the plan deterministically: reprocessing (and a SLURM
-        versus a local run) gives bit-identical products.
+        versus a local run) gives bit-identical products. Measured plans are deterministic
+        when every process takes them from the same wisdom (``wisdom_only``; see
+        :mod:`zsds.io.fftwisdom`), and 2-3 times faster.
+    wisdom_only : bool
+        Build the plans only from imported wisdom (``FFTW_WISDOM_ONLY``); ``RuntimeError``
+        if there is none for this shape, threads and effort.
 
     Attributes
     ----------
@@ -76,7 +81,8 @@ class FFTPlans:
         Transforms executed by these plans since construction (forward + inverse).
     """
 
-    def __init__(self, shape, dtype=np.float32, threads: int = 1, effort: str = DEFAULT_EFFORT):
+    def __init__(self, shape, dtype=np.float32, threads: int = 1, effort: str = DEFAULT_EFFORT,
+                 wisdom_only: bool = False):
         if len(shape) != 2 or min(shape) < 2:
             raise ValueError(f"shape must be 2-D with sizes >= 2, got {shape!r}")
         self.shape = tuple(int(n) for n in shape)
@@ -87,10 +93,11 @@ class FFTPlans:
         self._lock = threading.Lock()
         self._real = pyfftw.empty_aligned(self.shape, dtype=self.dtype)
         self._cplx = pyfftw.empty_aligned(self.fourier_shape, dtype=self.cdtype)
+        flags = (effort, "FFTW_WISDOM_ONLY") if wisdom_only else (effort,)
         self._fwd = pyfftw.FFTW(self._real, self._cplx, axes=(0, 1), direction="FFTW_FORWARD",
-                                flags=(effort,), threads=self.threads)
+                                flags=flags, threads=self.threads)
         self._inv = pyfftw.FFTW(self._cplx, self._real, axes=(0, 1), direction="FFTW_BACKWARD",
-                                flags=(effort, "FFTW_DESTROY_INPUT"), threads=self.threads)
+                                flags=flags + ("FFTW_DESTROY_INPUT",), threads=self.threads)
 
     @property
     def fourier_shape(self) -> tuple[int, int]:
@@ -140,13 +147,15 @@ class FFTPlans:
         return out
 
 
-def get_plans(shape, dtype=np.float32, threads: int = 1) -> FFTPlans:
-    """The process-wide :class:`FFTPlans` of ``(shape, dtype, threads)``, planned on first use."""
-    key = (tuple(int(n) for n in shape), np.dtype(dtype).str, int(threads))
+def get_plans(shape, dtype=np.float32, threads: int = 1, effort: str = DEFAULT_EFFORT,
+              wisdom_only: bool = False) -> FFTPlans:
+    """The process-wide :class:`FFTPlans` of ``(shape, dtype, threads, effort)``, planned on first use."""
+    key = (tuple(int(n) for n in shape), np.dtype(dtype).str, int(threads), effort, bool(wisdom_only))
     with _CACHE_LOCK:
         plans = _CACHE.get(key)
         if plans is None:
-            plans = _CACHE[key] = FFTPlans(key[0], dtype=dtype, threads=threads)
+            plans = _CACHE[key] = FFTPlans(key[0], dtype=dtype, threads=threads, effort=effort,
+                                           wisdom_only=wisdom_only)
     return plans
 
 
@@ -169,6 +178,8 @@ def import_wisdom(wisdom: bytes) -> tuple[bool, bool, bool]:
     """
     parts, pos = [], 0
     while pos < len(wisdom):
+        if pos + 8 > len(wisdom):
+            raise ValueError("wisdom must be the bytes returned by export_wisdom() (truncated)")
         (n,) = struct.unpack_from("<Q", wisdom, pos)
         parts.append(bytes(wisdom[pos + 8:pos + 8 + n]))
         pos += 8 + n

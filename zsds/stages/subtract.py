@@ -289,7 +289,16 @@ def _astrometric_sigma(header) -> tuple[float, float]:
     return sx, sy
 
 
-def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int):
+def _fft_plans(shape, threads: int, fft_wisdom):
+    """Shared measured plans (``fft_wisdom``: a file, or True for the default), else None."""
+    if fft_wisdom is None or fft_wisdom is False:
+        return None
+    from ..core.fft import padded_shape
+    from ..io.fftwisdom import measured_plans
+    return measured_plans(padded_shape(shape), threads, None if fft_wisdom is True else fft_wisdom)
+
+
+def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int, fft_wisdom=None):
     """Background- and flux-matched ZOGY of the science image and the resampled reference.
 
     Flux convention: ``F_n = 1`` (unit of the science PSF stamp); ``F_r`` is the reference's
@@ -317,7 +326,8 @@ def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int):
                            sigma_ref=sigma_r, flux_zp_new=1.0,
                            flux_zp_ref=1.0 / cal["scale"], var_new=sci.variance,
                            var_ref=var_r, astrometric_sigma=_astrometric_sigma(sci.header),
-                           mask_new=sci.bad, mask_ref=bad_ref, threads=threads)
+                           mask_new=sci.bad, mask_ref=bad_ref, threads=threads,
+                           fft=_fft_plans(new.shape, threads, fft_wisdom))
     cal["n_psf_stars"] = n_psf
     return z, ref_img * cal["scale"], bad_ref, cal
 
@@ -610,7 +620,7 @@ def _register_streaks(engine, job, pid, streaks) -> None:
 # ---------------------------------------------------------------------------------------
 def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=None,
                     threads: int = 1, model_path=None, prefix: str | None = None,
-                    calibrated=None) -> SubtractionResult:
+                    calibrated=None, fft_wisdom=None) -> SubtractionResult:
     """ZOGY subtraction and candidate extraction of a calibrated science/reference pair.
 
     Parameters
@@ -633,6 +643,9 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     calibrated : zsds.stages.calibrate.CalibratedQuadrant, optional
         The science quadrant as just calibrated in this process (the products at
         ``sci_path`` are its): used instead of reading them back, with the same result.
+    fft_wisdom : path or True, optional
+        Use measured FFTW plans shared through this wisdom file (True: the per-user default;
+        see :mod:`zsds.io.fftwisdom`). Default: estimated plans.
 
     Returns
     -------
@@ -646,7 +659,7 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     ref = _load_image(ref_path, ref_psf, "ref")
     t_load = time.perf_counter()
     res = _align(sci, ref)
-    z, ref_scaled, bad_ref, cal = _run_zogy(sci, ref, res, threads)
+    z, ref_scaled, bad_ref, cal = _run_zogy(sci, ref, res, threads, fft_wisdom)
     t_zogy = time.perf_counter()
     bad = sci.bad | (bad_ref & res.footprint)
     t, lim = _extract(z, sci, ref, bad, res.footprint, model_path, cal["apcorr"])
@@ -771,7 +784,9 @@ def subtract_job(config, job, engine, calibrated=None) -> dict:
                                "sciimg.fits")
     out_dir = sci_path.parent
     r = subtract_images(sci_path, layout.root / refrow["path"], out_dir=out_dir,
-                        threads=config.processing.fft_threads, calibrated=calibrated)
+                        threads=config.processing.fft_threads, calibrated=calibrated,
+                        fft_wisdom=(config.processing.fft_wisdom or True)
+                        if config.processing.measured_fft else None)
     record_checksums(engine, layout.root, r.paths.values())
     pid = make_pid(job.filefracday, 4 * (job.ccd_id - 1) + job.qid - 1)
     records = _records(r.candidates, job, pid, r.diffmaglim, refrow, sci_row)
