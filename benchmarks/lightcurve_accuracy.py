@@ -3,10 +3,10 @@
 Usage::
 
     python benchmarks/lightcurve_accuracy.py [WORKDIR] [--nights 3] [--exposures 12] [--seed 7]
-        [--span-days 0] [--scatter-visits]
+        [--span-days 0] [--scatter-visits] [--quad-size 512x520]
 
-Simulates (if ``WORKDIR/incoming`` is missing) field 655, CCD 13, quadrant 3 at 512x520 px,
-processes every night, builds the reference (``--min-frames 3``), then builds the lightcurves
+Simulates (if ``WORKDIR/incoming`` is missing) field 655, CCD 13, quadrant 3 (512x520 px by
+default), processes every night, builds the reference (``--min-frames 3``), then builds the lightcurves
 incrementally (first night, then the rest) and from scratch, and measures:
 
 * repeatability: median over constant stars (truth variables excluded, >= 20 good epochs;
@@ -50,7 +50,7 @@ def _env(work: Path) -> dict:
 
 
 def prepare(work: Path, nights: int, exposures: int, seed: int, span_days: int = 0,
-            scatter_visits: bool = False) -> None:
+            scatter_visits: bool = False, quad_size: str = "512x520") -> None:
     """Simulate and process the data set once (kept in ``work``; marker ``prepared.ok``)."""
     if (work / "prepared.ok").exists():
         return
@@ -59,7 +59,7 @@ def prepare(work: Path, nights: int, exposures: int, seed: int, span_days: int =
     run = lambda *a: subprocess.run(["zsds", *a], check=True, env=_env(work),  # noqa: E731
                                     stdout=subprocess.DEVNULL)
     run("simulate", str(work / "incoming"), "--fields", "655", "--ccds", "13", "--quads", "3",
-        "--quad-size", "512x520", "--nights", str(nights), "--exposures-per-night", str(exposures),
+        "--quad-size", quad_size, "--nights", str(nights), "--exposures-per-night", str(exposures),
         "--filters", "zr", "--n-bias", "5", "--n-flat", "5", "--seed", str(seed),
         "--span-days", str(span_days), *(["--scatter-visits"] if scatter_visits else []))
     for night in _nights(work):
@@ -265,10 +265,12 @@ def main(argv=None) -> dict:
                     help="spread the nights at random over this many days (0: consecutive)")
     ap.add_argument("--scatter-visits", action="store_true",
                     help="exposures at random times in each night (default: evenly spaced)")
+    ap.add_argument("--quad-size", default="512x520", help="simulated quadrant COLSxROWS")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    prepare(work, args.nights, args.exposures, args.seed, args.span_days, args.scatter_visits)
+    prepare(work, args.nights, args.exposures, args.seed, args.span_days, args.scatter_visits,
+            args.quad_size)
     nights = _nights(work)
     ids = id_stability(work, nights)
     store = ids.pop("store")
