@@ -11,6 +11,16 @@ the refcat's noiseless true magnitudes (should be the common ZP); the astrometri
 stars against their true positions; the significance, in the co-add, at the positions of
 asteroids and cosmic rays present in one input only (static sources within 6 px excluded).
 
+With ``--twin-archive TWIN/archive`` also the residual at every such position against the
+co-add of a twin survey, simulated with the same seed and ``--n-mba 0 --n-nea 0
+--no-cosmic-rays`` and processed the same way (stars and galaxies cancel exactly)::
+
+    zsds simulate A/incoming ... --seed S --n-mba 300
+    zsds simulate B/incoming ... --seed S --n-mba 0 --n-nea 0 --no-cosmic-rays
+    (zsds run-night on each)
+    python benchmarks/refimg_accuracy.py accuracy --archive A/archive --incoming A/incoming \
+        --twin-archive B/archive
+
 Memory (synthetic full-size or smaller inputs, fresh process)::
 
     python benchmarks/refimg_accuracy.py memory --n 20 --size 1024x1030
@@ -164,6 +174,36 @@ def accuracy(args):
             print(f"{kind}: {len(v)} isolated positions, max |co-add significance| {max(v):.2f}, "
                   f"> 5 sigma: {sum(s > 5 for s in v)}")
     print(f"outlier pixels rejected: {qa['n_rejected_total']}; co-add seeing {qa['seeing_arcsec']:.2f}\"")
+    if args.twin_archive:
+        _twin_residuals(args, key, params, img, stamp, qa, rows, layout, grid)
+
+
+def _twin_residuals(args, key, params, img, stamp, qa, rows, layout, grid):
+    """Residual significance at every injected position against the twin survey's co-add.
+
+    The twin is the same survey simulated without asteroids and cosmic rays (same seed,
+    ``--n-mba 0 --n-nea 0 --no-cosmic-rays``: every other pixel and noise value identical) and
+    processed the same way, so ``co-add - twin co-add`` is the outlier light the rejection let
+    through, stars and galaxies cancelled: no exclusion zone around them is needed.
+    """
+    twin_cfg = load_config(environ={}, overrides={"archive": {"root": args.twin_archive},
+                                                  "refcat": {"path": str(Path(args.incoming) / "refcat")}})
+    twin_engine = ops.init_db(ops.engine_from_config(twin_cfg))
+    build_reference(twin_cfg, *key, params=params, engine=twin_engine)
+    twin = fits.getdata(ArchiveLayout(twin_cfg.archive.root).ref_path(*key, "refimg.fits"))
+    sig = _significance_map(img - twin, stamp, qa["flux_noise_dn"])
+    blank = sig[np.isfinite(sig)]
+    print(f"twin co-add residual: robust sigma of the PSF-filtered (co-add - twin) map "
+          f"{1.4826 * np.median(np.abs(blank - np.median(blank))):.3f} (co-add flux-noise units)")
+    for kind in ("asteroid", "cosmic_ray"):
+        v = []
+        for k, x, y in _injected(args.incoming, rows, layout, grid, img.shape):
+            if k == kind:
+                xi, yi = int(round(x)), int(round(y))
+                v.append(float(np.nanmax(np.abs(sig[yi - 1:yi + 2, xi - 1:xi + 2]))))
+        if v:
+            print(f"{kind}: {len(v)} positions (none excluded), max |residual significance| "
+                  f"{max(v):.2f}, > 5 sigma: {sum(s > 5 for s in v)}")
 
 
 def _ref_row(engine, key, version):
@@ -207,6 +247,8 @@ def main():
     a.add_argument("--qid", type=int, default=3)
     a.add_argument("--min-frames", type=int, default=5)
     a.add_argument("--verbose", action="store_true")
+    a.add_argument("--twin-archive", help="archive of the twin survey without asteroids and cosmic "
+                   "rays (see _twin_residuals)")
     m = sub.add_parser("memory")
     m.add_argument("--n", type=int, default=20)
     m.add_argument("--size", default="1024x1030", help="columns x rows")

@@ -170,3 +170,26 @@ def test_quiet_nights_keep_transients_out_of_the_first_nights(tmp_path):
     for f in (tmp_path / "truth" / "sources").glob("*/*.parquet"):
         kinds[f.parent.name] |= set(pd.read_parquet(f, columns=["kind"])["kind"])
     assert "transient" not in kinds["20261121"] and "transient" in kinds["20261122"]
+
+
+def test_twin_without_cosmic_rays_differs_only_at_the_tracks(tmp_path):
+    kw = dict(fields=[655], ccds=[13], quads=[3], quad_shape=SHAPE, filters=["zr"],
+              exposures_per_night=1, n_bias=0, n_flat=0, seed=9, n_mba=0, n_nea=0, n_transients=0)
+    simulate(SimulationSpec(outdir=tmp_path / "a", **kw))
+    simulate(SimulationSpec(outdir=tmp_path / "b", cosmic_rays=False, **kw))
+    crs = pd.read_parquet(tmp_path / "a" / "truth" / "cosmic_rays.parquet")
+    crs = crs[crs["qid"] == 3]
+    assert len(crs) > 0 and not (tmp_path / "b" / "truth" / "cosmic_rays.parquet").exists()
+    (raw,) = (tmp_path / "a" / "raw").rglob("*_o.fits.fz")
+    (raw_b,) = (tmp_path / "b" / "raw").rglob("*_o.fits.fz")
+    a = read_raw(raw).quadrants[2].data.astype(float)
+    b = read_raw(raw_b).quadrants[2].data.astype(float)
+    diff = np.abs(a - b) > 0
+    assert diff.any()
+    yy, xx = np.nonzero(diff)
+    # every differing pixel lies on a track (start + up to its length), CTI trails and bleeds included
+    near = np.zeros(diff.shape, bool)
+    for r in crs.itertuples():
+        x0, y0, n = int(r.x0), int(r.y0), int(np.ceil(r.length)) + 4
+        near[max(y0 - n, 0):y0 + n + 1, max(x0 - n, 0):x0 + n + 1] = True
+    assert near[yy, xx].all()

@@ -111,6 +111,8 @@ def simulate(
                                   "days (0: consecutive nights)."),
     scatter_visits: bool = typer.Option(False, help="Exposures at random times in the night "
                                         "(default: evenly spaced)."),
+    cosmic_rays: bool = typer.Option(True, help="Deposit cosmic rays (--no-cosmic-rays keeps "
+                                     "every other random number: a twin survey)."),
     quiet_nights: int = typer.Option(0, min=0, help="Transients appear only after this many "
                                      "nights (a reference from those nights holds none)."),
     n_mba: int = typer.Option(40, min=0, help="Main-belt asteroids in the footprint."),
@@ -145,7 +147,7 @@ def simulate(
                           filters=filt, exposures_per_night=exposures_per_night,
                           seeing_arcsec=seeing, sky_mag=sky_mag, n_transients=transients,
                           quiet_nights=quiet_nights, span_days=span_days,
-                          scatter_visits=scatter_visits,
+                          scatter_visits=scatter_visits, cosmic_rays=cosmic_rays,
                           n_mba=n_mba, n_nea=n_nea, source_truth=source_truth,
                           cloudy_fraction=cloudy_fraction, n_bias=n_bias, n_flat=n_flat)
     bar = tqdm(total=None, unit="file", desc="simulate", file=sys.stderr, dynamic_ncols=True)

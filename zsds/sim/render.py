@@ -217,10 +217,12 @@ def render_sources(image, sources: SourceList, centre_psf: tuple[float, float, f
 
 
 def add_cosmic_rays(image, rng, rate_per_cm2_s: float, duration_s: float,
-                    pixel_cm: float = 15e-4):
+                    pixel_cm: float = 15e-4, deposit: bool = True):
     """Add cosmic-ray tracks (electrons) in place; returns their (x0, y0, length, angle, e-/px).
 
-    Tracks are sharp (not convolved with the PSF): 1 to ~15 pixels long.
+    Tracks are sharp (not convolved with the PSF): 1 to ~15 pixels long. With ``deposit``
+    False the tracks are drawn (the generator advances the same way) but not added, and none
+    is returned: a twin simulation without cosmic rays keeps every other random number.
     """
     ny, nx = image.shape
     area = ny * nx * pixel_cm**2
@@ -231,6 +233,8 @@ def add_cosmic_rays(image, rng, rate_per_cm2_s: float, duration_s: float,
     angle = rng.uniform(0, np.pi, n)
     dep = rng.lognormal(np.log(1500.0), 0.6, n)
     steps = [np.arange(0.0, length[i], 0.5) for i in range(n)]
+    if not deposit:
+        return np.zeros((0, 5))
     if n:
         idx = np.repeat(np.arange(n), [t.size for t in steps])
         t = np.concatenate(steps)

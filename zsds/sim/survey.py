@@ -87,6 +87,9 @@ class SimulationSpec:
         Write per-quadrant source truth tables.
     cloudy_fraction : float
         Fraction of object exposures lost to clouds.
+    cosmic_rays : bool
+        Deposit cosmic rays (False keeps every other random number: with ``n_mba = n_nea = 0``
+        it makes a twin of a survey without its single-epoch outliers).
     """
 
     outdir: Path
@@ -105,6 +108,7 @@ class SimulationSpec:
     quiet_nights: int = 0
     span_days: int = 0
     scatter_visits: bool = False
+    cosmic_rays: bool = True
     variable_fraction: float = 0.02
     n_mba: int = 40
     n_nea: int = 6
@@ -298,7 +302,8 @@ def _expand_trails(sl: render.SourceList, tdx, tdy):
 
 def simulate_quadrant(scene: QuadrantScene | None, cond: Conditions | None, det: DetectorTruth,
                       amp, geo, shape, imgtype: str, exptime: float, rng, *,
-                      flat_illum: np.ndarray | None = None, blank: bool = False):
+                      flat_illum: np.ndarray | None = None, blank: bool = False,
+                      cosmic_rays: bool = True):
     """Render one readout quadrant; returns (data, overscan, bias_rows, source table, cosmic rays).
 
     Pure function of its inputs (the generator included).
@@ -325,7 +330,7 @@ def simulate_quadrant(scene: QuadrantScene | None, cond: Conditions | None, det:
     if low.any():
         noisy[low] = rng.poisson(np.maximum(electrons[low], 0))
     electrons = noisy
-    crs = render.add_cosmic_rays(electrons, rng, _CR_RATE, exptime + 10.0)
+    crs = render.add_cosmic_rays(electrons, rng, _CR_RATE, exptime + 10.0, deposit=cosmic_rays)
     full_well = amp.gain * float(np.asarray(render_linear(amp.saturate - amp.bias_level + 300, amp)))
     render.bleed_columns(electrons, full_well)
     bias_rows = _bias_rows(rng, ny, amp.bias_level)
@@ -649,7 +654,7 @@ def simulate(spec: SimulationSpec, progress=None) -> dict:
                 rng = np.random.default_rng([spec.seed, int(row.expid), ccd, qid])
                 data, over, bias_rows, table, crs = simulate_quadrant(
                     scene, cond, det, amp, geo, spec.quad_shape, row.imgtype, float(row.exptime),
-                    rng, flat_illum=lamps.get(key), blank=blank)
+                    rng, flat_illum=lamps.get(key), blank=blank, cosmic_rays=spec.cosmic_rays)
                 quads.append(RawQuadrant(data, over, _quadrant_header(amp, w, blank)))
                 med_resp = float(np.median(det.pixel_response * det.illumination))
                 rec = dict(night=row.night, expid=int(row.expid), obsjd=float(row.obsjd),
