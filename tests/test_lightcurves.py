@@ -203,7 +203,7 @@ def lcdata(tmp_path_factory):
 
 def test_build_incremental_keeps_ids_and_rerun_is_noop(lcdata):
     work, bench = lcdata
-    out = bench.id_stability(work, bench._nights(2))
+    out = bench.id_stability(work, bench._nights(work))
     assert out["first_night_ids_kept"]
     assert out["rerun_statuses"] == ["empty", "unchanged"] or out["rerun_statuses"] == ["unchanged"]
     assert out["rerun_ids_equal"]

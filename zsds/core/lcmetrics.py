@@ -85,10 +85,11 @@ _OWN = [
     ("pos_rms_arcsec", "arcsec", "RMS distance of the detections from their mean position"),
     ("ls_freq_1", "1/d", "frequency of the highest Lomb-Scargle peak (nifty-ls, standard "
                          "normalisation, floating mean, errors as weights), refined on a fine grid "
-                         "with a two-harmonic model (non-sinusoidal shapes)"),
+                         "with a three-harmonic model (non-sinusoidal shapes)"),
     ("ls_period_1", "d", "1 / ls_freq_1"),
     ("ls_power_1", "", "Lomb-Scargle power of peak 1 on the coarse grid (0..1)"),
-    ("ls_period_2", "d", "period of the second highest peak further than 1/baseline from peak 1"),
+    ("ls_period_2", "d", "period of the second candidate peak (candidates: the highest peaks "
+     "further than min(5/baseline, 0.25 c/d) apart, ranked by a 3-harmonic fit)"),
     ("ls_power_2", "", "power of peak 2"),
     ("ls_period_3", "d", "period of the third highest distinct peak"),
     ("ls_power_3", "", "power of peak 3"),
@@ -122,7 +123,8 @@ class MetricsParams:
 
     def __init__(self, *, min_period_d: float = 0.05, max_period_baselines: float = 2.0,
                  samples_per_peak: int = 10, refine_points: int = 100, pair_dt_d: float = 0.1,
-                 min_points: int = 5, refine_nterms: int = 2):
+                 min_points: int = 5, refine_nterms: int = 3, n_candidates: int = 5,
+                 candidate_sep_baselines: float = 5.0):
         self.min_period_d = min_period_d
         self.max_period_baselines = max_period_baselines
         self.samples_per_peak = samples_per_peak
@@ -130,6 +132,8 @@ class MetricsParams:
         self.pair_dt_d = pair_dt_d
         self.min_points = min_points
         self.refine_nterms = refine_nterms
+        self.n_candidates = n_candidates
+        self.candidate_sep_baselines = candidate_sep_baselines
 
 
 def _ls_power(t, y, dy, fmin, fmax, nf):
@@ -156,31 +160,32 @@ def _harmonic_power(t, y, dy, freqs, nterms):
     return 1.0 - chi2 / chi2_0
 
 
-def _peaks(freq, power, sep):
-    """Up to three highest local maxima, each further than ``sep`` from the higher ones."""
+def _peaks(freq, power, sep, n: int = 3):
+    """Up to ``n`` highest local maxima, each further than ``sep`` from the higher ones."""
     inner = np.flatnonzero((power[1:-1] >= power[:-2]) & (power[1:-1] >= power[2:])) + 1
     cand = inner[np.argsort(power[inner])[::-1]]
     chosen: list[int] = []
     for i in cand:
         if all(abs(freq[i] - freq[j]) > sep for j in chosen):
             chosen.append(i)
-        if len(chosen) == 3:
+        if len(chosen) == n:
             break
     return chosen
 
 
-def _rank_by_harmonic_fit(refined):
+def _rank_by_harmonic_fit(refined, nterms: int = 3):
     """Order candidate peaks ``(freq, grid power, harmonic power)`` by the harmonic fit.
 
     The grid's single-sine power often puts a sampling alias (1/day, the in-night spacing)
     above the true frequency for non-sinusoidal shapes; the multi-harmonic fit separates them.
-    A candidate at half another's frequency fits as well with two harmonics; it wins only with
-    a clearly better fit (2% more power), so a sine is not reported at twice its period.
+    A candidate at 1/k of another's frequency (k <= ``nterms``) fits as well with k harmonics;
+    it wins only with a clearly better fit (2% more power), so a sine is not reported at k
+    times its period.
     """
     def score(c):
         f, _, pw = c
         for g, _, pw_g in refined:
-            if abs(2 * f / g - 1) < 0.01 and pw < 1.02 * pw_g:
+            if any(abs(k * f / g - 1) < 0.01 for k in range(2, nterms + 1)) and pw < 1.02 * pw_g:
                 return pw - 1.0  # subharmonic of an equally good candidate
         return pw
     return sorted(refined, key=score, reverse=True)
@@ -219,7 +224,10 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
     freq, power = _ls_power(t0, y, dy, fmin, fmax, nf)
     good = np.isfinite(power)
     freq, power = freq[good], power[good]
-    peaks = _peaks(freq, power, 1.0 / base) if len(power) > 2 else []
+    # candidates: the highest peaks of distinct alias families (side lobes of a peak lie
+    # within a few 1/baseline of it; daily aliases 1 c/d apart)
+    sep = min(p.candidate_sep_baselines / base, 0.25)
+    peaks = _peaks(freq, power, sep, p.n_candidates) if len(power) > 2 else []
     if not peaks:
         return out
     df = freq[1] - freq[0]
@@ -230,7 +238,7 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
         pp = _harmonic_power(t0, y, dy, ff, p.refine_nterms)
         k = int(np.nanargmax(pp))
         refined.append((ff[k], power[i], pp[k]))
-    refined = _rank_by_harmonic_fit(refined)
+    refined = _rank_by_harmonic_fit(refined, p.refine_nterms)
     med = float(np.median(power))
     mad = 1.4826 * float(np.median(np.abs(power - med)))
     out.update(ls_freq_1=refined[0][0], ls_period_1=1.0 / refined[0][0], ls_power_1=refined[0][1],
@@ -238,7 +246,7 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
                ls_amplitude=_sine_amplitude(t0, y, dy, refined[0][0]),
                ls_power_median=med, ls_power_snr=(refined[0][1] - med) / mad if mad > 0 else np.nan,
                ls_nfreq=float(nf))
-    for k, (f, pw, _) in enumerate(refined[1:], start=2):
+    for k, (f, pw, _) in enumerate(refined[1:3], start=2):
         out[f"ls_period_{k}"], out[f"ls_power_{k}"] = 1.0 / f, pw
     return out
 
