@@ -127,7 +127,8 @@ def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inp
                     np.where(np.asarray(kept["isdiffpos"])[np.clip(best, 0, None)] == "t", 1, -1), np.nan)
     merr = np.where(best >= 0, np.asarray(kept["flux_err"])[np.clip(best, 0, None)], np.nan)
     rb = np.where(best >= 0, np.asarray(kept["rb"])[np.clip(best, 0, None)], np.nan)
-    return {"seconds": seconds, "n_fft": r.qa["n_fft"], "scorr_mean": r.qa["scorr_mean"],
+    return {"seconds": seconds, "shape": list(z.S.shape), "n_fft": r.qa["n_fft"],
+            "scorr_mean": r.qa["scorr_mean"],
             "scorr_std": r.qa["scorr_std"], "area": float(r.footprint.sum()),
             "snr": (np.abs(expected) / err)[inside].to_numpy(), "found": (best >= 0)[inside],
             "true_flux": blended[inside.to_numpy()], "flux": meas[inside], "flux_err": merr[inside],
@@ -165,7 +166,8 @@ def summarise(rows: list[dict], model_meta: dict) -> dict:
                 int(sum((r["rb_variable"] >= thr).sum() for r in rows)) * FULL_AREA / area,
             "scorr_mean": [round(r["scorr_mean"], 3) for r in rows],
             "scorr_std": [round(r["scorr_std"], 3) for r in rows],
-            "seconds_per_512x520": float(np.median([r["seconds"] for r in rows])),
+            "seconds_per_image": float(np.median([r["seconds"] for r in rows])),
+            "image_shape": rows[0]["shape"],
             "n_fft": rows[0]["n_fft"], "heldout_synthetic": model_meta.get("heldout")}
 
 
