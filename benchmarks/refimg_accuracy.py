@@ -75,11 +75,13 @@ def _injected(incoming, rows, layout, grid, shape):
     truth = Path(incoming) / "truth"
     expids = {int(r["expid"]) for r in rows}
     pos = []
-    eph = pd.read_parquet(truth / "asteroid_ephemerides.parquet")
-    eph = eph[eph.expid.isin(expids)]
-    x, y = grid.world_to_pixel_values(eph.ra.to_numpy(), eph.dec.to_numpy())
-    pos += [("asteroid", a, b) for a, b in zip(x, y)]
-    crs = pd.read_parquet(truth / "cosmic_rays.parquet")
+    if (truth / "asteroid_ephemerides.parquet").exists():
+        eph = pd.read_parquet(truth / "asteroid_ephemerides.parquet")
+        eph = eph[eph.expid.isin(expids)]
+        x, y = grid.world_to_pixel_values(eph.ra.to_numpy(), eph.dec.to_numpy())
+        pos += [("asteroid", a, b) for a, b in zip(x, y)]
+    crs = pd.read_parquet(truth / "cosmic_rays.parquet") if (truth / "cosmic_rays.parquet").exists() \
+        else pd.DataFrame(columns=["expid", "ccd_id", "qid", "x0", "y0"])
     for r in rows:
         c = crs[(crs.expid == r["expid"]) & (crs.ccd_id == r["ccd_id"]) & (crs.qid == r["qid"])]
         if len(c):

@@ -1,9 +1,15 @@
 """Subtraction and candidate-extraction accuracy on simulated pipeline images with truth.
 
-Prepare (see the issue): ``zsds simulate OUT/incoming ... --transients 40``, run night 1,
-``zsds refimg build --min-frames 5``, run night 2; then::
+Prepare: ``zsds simulate OUT/incoming --nights 2 ... --transients 40 --quiet-nights 1``, run
+night 1, ``zsds refimg build --min-frames 5``, run night 2; then::
 
     python benchmarks/subtraction_accuracy.py OUT [--night 20261122] [--model PATH]
+
+``--quiet-nights 1`` keeps the transients out of night 1, so the reference holds none of
+their light, as for fakes injected into science images. Without it every transient is in the
+reference at 65-80% of its night-2 flux, and the expected difference is a small difference of
+two large numbers: a 0.5% relative calibration error between the science image and the
+co-add becomes a 2% error of the difference flux.
 
 For every science image of the night: :func:`zsds.stages.subtract.subtract_images` against
 the quadrant's reference, then against the truth (``truth/sources/<night>/<expid>_cCC_qQ``):
