@@ -164,8 +164,10 @@ def accuracy(args):
     print(f"depth gain (median single / co-add PSF-flux noise): {gain:.3f}; sqrt(N) = {np.sqrt(n):.3f} "
           f"(ratio {gain / np.sqrt(n):.3f}); optimal for these inputs {optimal:.3f} (ratio {gain / optimal:.3f})")
     print(f"co-add maglim {qa['maglim']:.3f}; input maglims {[round(r['maglim'], 2) for r in rows]}")
-    print(f"zero point vs noiseless truth: {zp.zp:.4f} (common ZP {params.zp}; error {zp.zp - params.zp:+.4f} mag, "
-          f"unc {zp.zp_unc:.4f}, {zp.n_used} stars, clrcoeff {zp.clrcoeff:.3f})")
+    magzp = float(header["MAGZP"])
+    print(f"zero point vs noiseless truth: {zp.zp:.4f} (unc {zp.zp_unc:.4f}, {zp.n_used} stars, clrcoeff "
+          f"{zp.clrcoeff:.3f}); co-add MAGZP {magzp:.4f}: error {magzp - zp.zp:+.4f} mag "
+          f"(the common ZP {params.zp} of its pixels: {params.zp - zp.zp:+.4f})")
     print(f"astrometric RMS per axis of {ast.sum()} co-add stars (S/N > 30) vs truth: {rms_mas:.1f} mas")
     print(f"  {split}")
     print(f"  isolated (no source within 8 px above 1% of its flux), flags == 0: {iso.sum()} stars, "

@@ -288,7 +288,11 @@ def _header(grid: WCS, info: list[dict], version: int, params: ReferenceParams, 
     h["RCID"] = 4 * (ccd - 1) + qid - 1
     h["BUNIT"] = "DN"
     h.update(grid.to_header(relax=True))
-    h["MAGZP"] = (params.zp, "common zero point of the co-add, AB mag")
+    h["MAGZP"] = (round(float(qa.get("magzp", params.zp)), 5),
+                  "zero point of the PSF catalogue (refcat fit), AB mag")
+    if np.isfinite(qa.get("zp_refcat_unc", np.nan)):
+        h["MAGZPUNC"] = (round(float(qa["zp_refcat_unc"]), 5), "MAGZP uncertainty, mag")
+    h["ZPCOMMON"] = (params.zp, "zero point the inputs were scaled to, AB mag")
     h["CLRCOEFF"] = (round(float(np.mean(qa["clrcoeff"])), 5), "mean colour coefficient of inputs")
     h["NFRAMES"] = (len(info), "epochal images combined")
     h["JDSTART"] = (min(i["obsjd"] for i in info), "first input, JD")
@@ -335,7 +339,7 @@ def _register(engine, key, version, rel, group, info, qa, digest, params):
                   path=rel["refimg.fits"], n_frames=len(info),
                   jd_start=min(i["obsjd"] for i in info), jd_end=max(i["obsjd"] for i in info),
                   status="valid", qa=json.dumps({k: v for k, v in qa.items() if not isinstance(v, list)}),
-                  zarr_group=group, magzp=params.zp, maglim=qa.get("maglim"),
+                  zarr_group=group, magzp=qa.get("magzp", params.zp), maglim=qa.get("maglim"),
                   seeing_arcsec=qa.get("seeing_arcsec"), inputs_hash=digest,
                   inputs=json.dumps([i["pid"] for i in info]), created_at=utcnow())
     with engine.begin() as conn:
@@ -425,12 +429,29 @@ def _build(config, layout, key, rows, version, params) -> dict:
     qa = _coadd_qa(result, model, info, params, gain_eff)
     qa["clrcoeff"] = [float(r["clrcoeff"] or 0.0) for r in rows]
     qa.update(_zero_point_qa(config, grid, shape, pcat, rows, key[1]))
-    _finish_catalogues(cat, pcat, grid, params.zp)
+    qa["magzp"] = _catalogue_zero_point(qa, params)
+    qa["maglim"] += qa["magzp"] - params.zp
+    _finish_catalogues(cat, pcat, grid, qa["magzp"])
     header = _header(grid, info, version, params, qa, key)
     paths = _write_fits(layout, key, result, bkg, cat, model, pcat, header,
                         _log_text(key, version, info, qa))
     group = _write_zarr(layout, key, version, result, model, header, info, qa, params)
     return {"paths": paths, "zarr_group": group, "info": info, "qa": qa}
+
+
+def _catalogue_zero_point(qa: dict, params: ReferenceParams, min_calibrators: int = 20,
+                          max_unc: float = 0.02) -> float:
+    """The co-add's MAGZP: its PSF catalogue fitted against the refcat when that fit is good.
+
+    The pixels are on the common zero point ``params.zp`` (each input scaled by its MAGZP), but
+    the co-add's PSF fluxes capture a different fraction of a star's light than the inputs'
+    (its PSF is their mixture): its own fit, like an epochal image's, makes the catalogue's
+    magnitudes and MAGZP agree with the sky. Without a good fit the common zero point is kept.
+    """
+    zp, unc, n = qa.get("zp_refcat"), qa.get("zp_refcat_unc"), qa.get("n_calibrators", 0)
+    if zp is None or not np.isfinite(zp) or n < min_calibrators or not (unc is not None and unc <= max_unc):
+        return float(params.zp)
+    return float(zp)
 
 
 def _zero_point_qa(config, grid, shape, pcat, rows, filter_code) -> dict:
@@ -458,7 +479,8 @@ def _finish_catalogues(cat, pcat, grid, zp):
 
 
 def _write_zarr(layout, key, version, result, model, header, info, qa, params) -> str:
-    attrs = {"version": version, "magzp": params.zp, "field_id": key[0], "filter_code": key[1],
+    attrs = {"version": version, "magzp": qa.get("magzp", params.zp), "zp_common": params.zp,
+             "field_id": key[0], "filter_code": key[1],
              "ccd_id": key[2], "qid": key[3], "n_frames": len(info),
              "inputs": [{k: i[k] for k in ("pid", "path", "obsjd", "seeing", "maglim")} for i in info],
              **{k: float(v) for k, v in qa.items() if isinstance(v, (float, int))}}
