@@ -86,6 +86,10 @@ def test_measured_plans_are_shared_through_the_wisdom_file(tmp_path):
     assert path.stat().st_mtime_ns == stamp                  # taken from the file, not re-measured
     path.write_bytes(b"garbage")                             # unreadable wisdom: measured again
     assert measured_plans((96, 120), 1, path).rfft2(a).shape == A.shape
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")                                  # the cache cannot be created:
+    plans = measured_plans((90, 100), 1, blocker / "wisdom.bin")  # estimated plans, no error
+    np.testing.assert_allclose(plans.irfft2(plans.rfft2(a[:90, :100])), a[:90, :100], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- ZOGY statistics

@@ -41,7 +41,7 @@ def default_wisdom_path() -> Path:
 def _import_file(path: Path) -> None:
     try:
         mtime = path.stat().st_mtime
-    except FileNotFoundError:
+    except OSError:  # missing (or its directory is not one)
         return
     if _IMPORTED.get(str(path)) == mtime:
         return
@@ -80,24 +80,34 @@ def measured_plans(shape, threads: int = 1, path: Path | None = None) -> FFTPlan
         plans = _from_wisdom(shape, threads)
         if plans is not None:
             return plans
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                _import_file(path)  # another process may have measured it meanwhile
-                plans = _from_wisdom(shape, threads)
-                if plans is None:
-                    log.info("measuring FFTW plans of %s x %s (%d thread%s) into %s", *shape,
-                             threads, "s" if threads > 1 else "", path)
-                    FFTPlans(shape, np.float32, threads, effort=_EFFORT)
-                    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                    tmp.write_bytes(export_wisdom())
-                    os.replace(tmp, path)
-                    _IMPORTED[str(path)] = path.stat().st_mtime
-                    plans = _from_wisdom(shape, threads)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        try:
+            plans = _measure_into(path, shape, threads)
+        except OSError as exc:  # read-only or missing cache directory: never fail a quadrant
+            log.warning("FFTW wisdom %s unusable (%s): estimated plans used", path, exc)
+            return get_plans(shape, np.float32, threads)
     if plans is None:  # wisdom this FFTW cannot use (another CPU's codelets)
         log.warning("FFTW wisdom %s does not give a plan for %s here: estimated plan used", path, shape)
         plans = get_plans(shape, np.float32, threads)
+    return plans
+
+
+def _measure_into(path: Path, shape, threads) -> FFTPlans | None:
+    """Measure ``shape`` into the wisdom file under an exclusive lock (unless another process did)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _import_file(path)  # another process may have measured it meanwhile
+            plans = _from_wisdom(shape, threads)
+            if plans is None:
+                log.info("measuring FFTW plans of %s x %s (%d thread%s) into %s", *shape,
+                         threads, "s" if threads > 1 else "", path)
+                FFTPlans(shape, np.float32, threads, effort=_EFFORT)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(export_wisdom())
+                os.replace(tmp, path)
+                _IMPORTED[str(path)] = path.stat().st_mtime
+                plans = _from_wisdom(shape, threads)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return plans
