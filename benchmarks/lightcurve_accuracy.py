@@ -187,6 +187,8 @@ def injected_periods(objects, dets, baseline_d: float, n: int = 300, seed: int =
     median_mag = good.groupby("oid")["mag"].median()
     oids = objects.loc[objects["ngoodobs"] >= 30, "oid"]
     oids = oids[oids.map(median_mag).to_numpy() < max_mag].to_numpy()
+    if not len(oids):
+        return {"n": 0, "host_stars": 0, "note": "no star with >= 30 good epochs"}
     groups = {o: g for o, g in good[good["oid"].isin(oids)].groupby("oid")}
     rec = []
     for _ in range(n):
