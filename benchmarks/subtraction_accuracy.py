@@ -44,6 +44,7 @@ import pandas as pd
 from astropy.io import fits
 
 from zsds.core import realbogus
+from zsds.io.fftwisdom import default_wisdom_path
 from zsds.stages.subtract import subtract_images
 
 FULL_AREA = 3072 * 3080
@@ -106,7 +107,8 @@ def _match(cx, cy, tx, ty, radius):
 
 def evaluate_image(sim: Path, archive: Path, sci_path: Path, ref_path: Path, inputs, model) -> dict:
     t0 = time.perf_counter()
-    r = subtract_images(sci_path, ref_path, model_path=model, fft_wisdom=True)  # as run-night
+    r = subtract_images(sci_path, ref_path, model_path=model,
+                        fft_wisdom=default_wisdom_path())  # measured plans, as run-night
     seconds = time.perf_counter() - t0
     h = fits.getheader(sci_path)
     night = sci_path.parts[-4] + sci_path.parts[-3]

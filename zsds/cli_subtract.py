@@ -30,7 +30,7 @@ def subtract_cmd(
     from .config import load_config
     from .stages.subtract import subtract_images
 
-    wisdom = (load_config().processing.fft_wisdom or True) if measured_fft else None
+    wisdom = load_config().processing.wisdom_file() if measured_fft else None
     r = subtract_images(sci, ref, sci_psf=sci_psf, ref_psf=ref_psf, out_dir=out, threads=threads,
                         fft_wisdom=wisdom)
     kept = int((r.candidates["index"] >= 0).sum())

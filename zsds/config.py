@@ -90,6 +90,13 @@ class ProcessingConfig(_Section):
     fft_wisdom: Path | None = Field(None, description="the shared wisdom file (default "
                                     "~/.cache/zsds/fftw-wisdom.bin); a shared path on a cluster")
 
+    def wisdom_file(self) -> Path | None:
+        """The FFTW wisdom file of measured plans, or None for estimated plans."""
+        if not self.measured_fft:
+            return None
+        from .io.fftwisdom import default_wisdom_path
+        return self.fft_wisdom or default_wisdom_path()
+
 
 class CalibrateConfig(_Section):
     """Instrumental calibration of readout quadrants (zsds/stages/calibrate.py)."""

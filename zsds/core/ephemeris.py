@@ -91,13 +91,11 @@ def offline_iers():
         yield
 
 
-_offline_iers = offline_iers
-
 
 def jd_utc_to_mjd_tdb(jd_utc) -> np.ndarray:
     """Convert Julian dates (UTC) to MJD (TDB), as a 1-D float array."""
     jd = np.atleast_1d(np.asarray(jd_utc, dtype=float))
-    with _offline_iers():
+    with offline_iers():
         tdb = Time(jd, format="jd", scale="utc").tdb
     return (tdb.jd1 - MJD_OFFSET) + tdb.jd2
 
@@ -120,7 +118,7 @@ def observer_state(jd_utc, site: EarthLocation = PALOMAR) -> tuple[np.ndarray, n
         geocentric (GCRS) state.
     """
     jd = np.atleast_1d(np.asarray(jd_utc, dtype=float))
-    with _offline_iers():
+    with offline_iers():
         t = Time(jd, format="jd", scale="utc")
         tdb = t.tdb
         pe, ve = get_body_barycentric_posvel("earth", tdb, ephemeris="builtin")
@@ -142,7 +140,7 @@ def observer_heliocentric(jd_utc, site: EarthLocation = PALOMAR) -> np.ndarray:
 def sun_barycentric_velocity(jd_utc) -> np.ndarray:
     """Barycentric ICRS velocity of the Sun (au/day), shape (N, 3), built-in ephemeris."""
     jd = np.atleast_1d(np.asarray(jd_utc, dtype=float))
-    with _offline_iers():
+    with offline_iers():
         tdb = Time(jd, format="jd", scale="utc").tdb
         _, vs = get_body_barycentric_posvel("sun", tdb, ephemeris="builtin")
     return np.ascontiguousarray(vs.xyz.to_value(u.au / u.day).T)

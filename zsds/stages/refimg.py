@@ -354,7 +354,7 @@ def _coadd_qa(result, model, info, params, gain_eff) -> dict:
     bad = (result.mask & coadd.COADD_MASK["NO_DATA"]) > 0
     noise = coadd.point_source_noise(result.image, model.centre_stamp(), bad)
     return {"seeing_arcsec": fwhm * _PIXSCALE, "fwhm_px": fwhm, "flux_noise_dn": noise,
-            "maglim": params.zp - 2.5 * np.log10(5 * noise), "gain_eff": gain_eff,
+            "gain_eff": gain_eff,
             "n_rejected_total": int(sum(i["n_rejected"] for i in info)),
             "coverage_max": int(result.coverage.max()),
             "clrcoeff": [0.0]}
@@ -430,7 +430,7 @@ def _build(config, layout, key, rows, version, params) -> dict:
     qa["clrcoeff"] = [float(r["clrcoeff"] or 0.0) for r in rows]
     qa.update(_zero_point_qa(config, grid, shape, pcat, rows, key[1]))
     qa["magzp"] = _catalogue_zero_point(qa, params)
-    qa["maglim"] += qa["magzp"] - params.zp
+    qa["maglim"] = qa["magzp"] - 2.5 * np.log10(5 * qa["flux_noise_dn"])
     _finish_catalogues(cat, pcat, grid, qa["magzp"])
     header = _header(grid, info, version, params, qa, key)
     paths = _write_fits(layout, key, result, bkg, cat, model, pcat, header,

@@ -290,12 +290,12 @@ def _astrometric_sigma(header) -> tuple[float, float]:
 
 
 def _fft_plans(shape, threads: int, fft_wisdom):
-    """Shared measured plans (``fft_wisdom``: a file, or True for the default), else None."""
-    if fft_wisdom is None or fft_wisdom is False:
+    """Measured plans shared through the wisdom file ``fft_wisdom``; None: estimated plans."""
+    if fft_wisdom is None:
         return None
     from ..core.fft import padded_shape
     from ..io.fftwisdom import measured_plans
-    return measured_plans(padded_shape(shape), threads, None if fft_wisdom is True else fft_wisdom)
+    return measured_plans(padded_shape(shape), threads, fft_wisdom)
 
 
 def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int, fft_wisdom=None):
@@ -643,9 +643,10 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     calibrated : zsds.stages.calibrate.CalibratedQuadrant, optional
         The science quadrant as just calibrated in this process (the products at
         ``sci_path`` are its): used instead of reading them back, with the same result.
-    fft_wisdom : path or True, optional
-        Use measured FFTW plans shared through this wisdom file (True: the per-user default;
-        see :mod:`zsds.io.fftwisdom`). Default: estimated plans.
+    fft_wisdom : path, optional
+        Use measured FFTW plans shared through this wisdom file
+        (``config.processing.wisdom_file()``; see :mod:`zsds.io.fftwisdom`). Default:
+        estimated plans.
 
     Returns
     -------
@@ -785,8 +786,7 @@ def subtract_job(config, job, engine, calibrated=None) -> dict:
     out_dir = sci_path.parent
     r = subtract_images(sci_path, layout.root / refrow["path"], out_dir=out_dir,
                         threads=config.processing.fft_threads, calibrated=calibrated,
-                        fft_wisdom=(config.processing.fft_wisdom or True)
-                        if config.processing.measured_fft else None)
+                        fft_wisdom=config.processing.wisdom_file())
     record_checksums(engine, layout.root, r.paths.values())
     pid = make_pid(job.filefracday, 4 * (job.ccd_id - 1) + job.qid - 1)
     records = _records(r.candidates, job, pid, r.diffmaglim, refrow, sci_row)
