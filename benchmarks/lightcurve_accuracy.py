@@ -64,7 +64,7 @@ def prepare(work: Path, nights: int, exposures: int, seed: int, span_days: int =
         "--span-days", str(span_days), *(["--scatter-visits"] if scatter_visits else []))
     for night in _nights(work):
         subprocess.run(["zsds", "run-night", night, "--incoming", str(work / "incoming" / "raw"),
-                        "--no-progress"], env=_env(work), stdout=subprocess.DEVNULL,
+                        "--no-progress", "--quads", "3"], env=_env(work), stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     subprocess.run(["zsds", "refimg", "build", "--min-frames", "3", "--serial"], env=_env(work),
                    stdout=subprocess.DEVNULL)
