@@ -70,6 +70,31 @@ def test_detect_and_measure(subtraction):
     assert np.mean(bits == 0) >= 0.9
 
 
+def test_candidate_beside_a_bright_star_is_measured_at_its_score_peak(subtraction):
+    """A star's astrometric noise in S_var pushes the S_corr peak away; position and flux from S."""
+    pair, z, im = subtraction
+    i = int(np.argmax(pair.tr_flux_new))
+    tx, ty = pair.tr_x[i], pair.tr_y[i]
+    yy, xx = np.mgrid[:z.S.shape[0], :z.S.shape[1]]
+    star_var = 400.0 * np.exp(-((xx - tx + 2.0) ** 2 + (yy - ty) ** 2) / (2 * 1.5 ** 2))
+    S_var = z.S_var * (1.0 + star_var)  # a bright star 2 px to the left of the transient
+    S_corr = z.S / np.sqrt(S_var)
+    box = np.s_[int(ty) - 4:int(ty) + 5, int(tx) - 4:int(tx) + 5]
+    py, px = np.unravel_index(np.argmax(S_corr[box]), S_corr[box].shape)
+    py, px = py + int(ty) - 4, px + int(tx) - 4
+    assert np.hypot(px - tx, py - ty) > 1.0  # the S_corr peak is pulled away from the source
+    im2 = cands.DifferenceImages(D=z.D, S=z.S, S_corr=S_corr, S_var=S_var, D_flux=z.D_flux,
+                                 var_flux=im.var_flux, P_D=z.P_D, s_to_flux=z.s_to_flux,
+                                 bad=im.bad, zp=25.0)
+    t = cands.measure_candidates(im2, np.array([py]), np.array([px]), np.array([1]),
+                                 diffmaglim_value=20.0)
+    assert np.hypot(t["xpos"][0] - tx, t["ypos"][0] - ty) < 0.5
+    at_source = cands.measure_candidates(im, np.array([int(round(ty))]), np.array([int(round(tx))]),
+                                         np.array([1]), diffmaglim_value=20.0)
+    assert abs(t["flux"][0] - at_source["flux"][0]) < 0.1 * at_source["flux_err"][0]
+    assert t["scorr"][0] == pytest.approx(S_corr[py, px])
+
+
 def test_filter_rejects_cosmic_ray(subtraction):
     pair, z, im = subtraction
     new = pair.new.copy()

@@ -14,8 +14,9 @@
 Feature definitions (``sD`` = sign x ``D_flux``, the difference image in science DN):
 
 ==================  =========================================================================
-``xpos, ypos``      peak pixel + sub-pixel offset of the maximum of ``S`` (log-parabola, 3x3)
-``scorr``           ``|S_corr|`` at the peak pixel
+``xpos, ypos``      the maximum of ``S`` climbed to from the ``S_corr`` peak (:func:`score_peaks`)
+                    + its sub-pixel offset (log-parabola, 3x3)
+``scorr``           ``|S_corr|`` at the ``S_corr`` peak pixel
 ``magpsf``          ``zp - 2.5 log10(f * apcorr)``; ``f`` the PSF (``P_D``) fit at (xpos, ypos)
 ``sigmapsf``        ``1.0857 err / f``, ``err = sqrt(S_var) * s_to_flux`` (source, background
                     and astrometric noise, ZOGY16 eqs. 26-31)
@@ -188,6 +189,23 @@ def _stamps(a, y, x, half, fill=0.0):
     return np.where(inside, out, fill)
 
 
+def score_peaks(S, y, x, sign, half: int = 2, steps: int = 2):
+    """Integer extremum of ``sign x S`` climbed to from each S_corr peak (y, x).
+
+    S_corr divides S by a noise that includes the astrometric term of nearby bright stars, so
+    beside a star its peak is pushed away from the star; the matched-filter score S peaks at
+    the source. Each step moves to the extremum within ``half`` px (at most
+    ``steps x half`` px in all).
+    """
+    for _ in range(steps):
+        st = _stamps(S, y, x, half, fill=np.nan) * sign[:, None, None]
+        st = np.where(np.isfinite(st), st, -np.inf)  # outside the image or NaN: never the peak
+        k = np.argmax(st.reshape(len(y), -1), axis=1)
+        dy, dx = np.divmod(k, 2 * half + 1)
+        y, x = y + dy - half, x + dx - half
+    return y, x
+
+
 def subpixel_offsets(S, y, x, sign):
     """Sub-pixel offset (dx, dy) of the extremum of ``S`` around integer peaks (log-parabola).
 
@@ -322,6 +340,8 @@ def measure_candidates(im: DifferenceImages, y, x, sign, *, diffmaglim_value: fl
     """
     y, x, sign = (np.asarray(a, int) for a in (y, x, sign))
     fwhm_pd = _psf_fwhm(im.P_D)
+    scorr = np.abs(np.asarray(im.S_corr)[y, x]).astype(float)
+    y, x = score_peaks(im.S, y, x, sign)
     dx, dy = subpixel_offsets(im.S, y, x, sign)
     xp, yp = x + dx, y + dy
     flux, err, fp, ap = _photometry(im, xp, yp, sign, fwhm_pd)
@@ -332,7 +352,7 @@ def measure_candidates(im: DifferenceImages, y, x, sign, *, diffmaglim_value: fl
     t = Table()
     t["xpos"], t["ypos"] = xp, yp
     t["isdiffpos"] = np.where(sign > 0, "t", "f")
-    t["scorr"] = np.abs(np.asarray(im.S_corr)[y, x]).astype(float)
+    t["scorr"] = scorr
     t["flux"], t["flux_err"] = flux, err
     t["magpsf"], t["sigmapsf"], t["chipsf"] = magpsf, sigmapsf, fp.chi2
     t["magap"], t["sigmagap"] = magap, sigmagap
