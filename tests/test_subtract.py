@@ -95,6 +95,14 @@ def test_candidate_beside_a_bright_star_is_measured_at_its_score_peak(subtractio
     assert t["scorr"][0] == pytest.approx(S_corr[py, px])
 
 
+def test_candidates_climbing_to_one_peak_are_kept_once():
+    from astropy.table import Table
+    t = Table({"isdiffpos": ["t", "t", "f", "t"], "xpos": [1.0, 1.0, 1.0, 2.0],
+               "ypos": [3.0, 3.0, 3.0, 3.0], "scorr": [5.0, 7.0, 6.0, 5.0]})
+    assert cands.distinct_candidates(t).tolist() == [False, True, True, True]
+    assert cands.distinct_candidates(t[:0]).tolist() == []
+
+
 def test_filter_rejects_cosmic_ray(subtraction):
     pair, z, im = subtraction
     new = pair.new.copy()

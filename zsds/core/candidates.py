@@ -206,6 +206,22 @@ def score_peaks(S, y, x, sign, half: int = 2, steps: int = 2):
     return y, x
 
 
+def distinct_candidates(t: Table) -> np.ndarray:
+    """True for the first of candidates measured at the same position and sign (two S_corr
+    peaks beside a bright star can climb to one peak of S); the one with the highest
+    ``scorr`` is kept."""
+    n = len(t)
+    if n == 0:
+        return np.zeros(0, bool)
+    order = np.argsort(-np.asarray(t["scorr"], float), kind="stable")
+    key = np.rec.fromarrays([np.asarray(t["isdiffpos"])[order], np.round(np.asarray(t["xpos"]), 3)[order],
+                             np.round(np.asarray(t["ypos"]), 3)[order]])
+    _, first = np.unique(key, return_index=True)
+    keep = np.zeros(n, bool)
+    keep[order[first]] = True
+    return keep
+
+
 def subpixel_offsets(S, y, x, sign):
     """Sub-pixel offset (dx, dy) of the extremum of ``S`` around integer peaks (log-parabola).
 

@@ -496,6 +496,7 @@ def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
     lim = cands.diffmaglim(z.S_var, z.s_to_flux, sci.zp, im.apcorr)
     y, x, sign = cands.detect_peaks(z.S_corr, exclude=_exclusion(footprint, _search_margin(z.P_D)))
     t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
+    t = t[cands.distinct_candidates(t)]
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     refcat = _reference_catalogue(ref, sci)
