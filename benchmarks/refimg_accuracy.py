@@ -199,15 +199,23 @@ def _twin_residuals(args, key, params, img, stamp, qa, rows, layout, grid):
     blank = sig[np.isfinite(sig)]
     print(f"twin co-add residual: robust sigma of the PSF-filtered (co-add - twin) map "
           f"{1.4826 * np.median(np.abs(blank - np.median(blank))):.3f} (co-add flux-noise units)")
+    twin_sig = np.abs(_significance_map(twin, stamp, qa["flux_noise_dn"]))
     for kind in ("asteroid", "cosmic_ray"):
-        v = []
+        v, on_source = [], []
         for k, x, y in _injected(args.incoming, rows, layout, grid, img.shape):
             if k == kind:
                 xi, yi = int(round(x)), int(round(y))
                 v.append(float(np.nanmax(np.abs(sig[yi - 1:yi + 2, xi - 1:xi + 2]))))
+                on_source.append(bool(np.nanmax(twin_sig[max(yi - 2, 0):yi + 3, max(xi - 2, 0):xi + 3]) >= 5))
         if v:
+            v, on_source = np.array(v), np.array(on_source)
             print(f"{kind}: {len(v)} positions (none excluded), max |residual significance| "
-                  f"{max(v):.2f}, > 5 sigma: {sum(s > 5 for s in v)}")
+                  f"{v.max():.2f}, > 5 sigma: {int((v > 5).sum())}")
+            for label, sel in (("on blank sky", ~on_source), ("on a star or galaxy (twin > 5 sigma "
+                                                              "within 2 px)", on_source)):
+                if sel.any():
+                    print(f"  {label}: {int(sel.sum())} positions, > 5 sigma: {int((v[sel] > 5).sum())}, "
+                          f"max {v[sel].max():.2f}")
 
 
 def _ref_row(engine, key, version):
