@@ -179,17 +179,37 @@ def summarise(rows: list[dict], model_meta: dict) -> dict:
             "n_fft": rows[0]["n_fft"], "heldout_synthetic": model_meta.get("heldout")}
 
 
+def scorr_only(archive: Path, night: str, refs: dict) -> None:
+    """S_corr mean/std over source-free pixels and the seeing ratio science/reference."""
+    out = []
+    for p in sorted((archive / "sci" / night[:4] / night[4:]).glob("*/*sciimg.fits")):
+        h = fits.getheader(p)
+        ref_path = refs.get((int(h["CCD_ID"]), int(h["QID"])))
+        if ref_path is None or "MAGZP" not in h:
+            continue
+        r = subtract_images(p, ref_path, fft_wisdom=default_wisdom_path())
+        out.append({"image": p.name, "seeing_ratio": float(h["SEEING"]) / float(fits.getheader(ref_path)["SEEING"]),
+                    "scorr_mean": r.qa["scorr_mean"], "scorr_std": r.qa["scorr_std"],
+                    "scorr_npix": r.qa.get("scorr_npix")})
+    print(json.dumps(out, indent=1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sim", type=Path)
     ap.add_argument("--night", default="20261122")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--scorr-only", action="store_true",
+                    help="only S_corr statistics and seeing ratios, for every science image of "
+                         "the night, also those the pipeline marked bad (e.g. BAD_SEEING); no truth")
     args = ap.parse_args(argv)
     archive = args.sim / "archive"
     refs = {}  # (ccd, qid) -> reference of that readout quadrant (one field)
     for path in glob.glob(str(archive / "ref/*/*/*/*/*/*refimg.fits")):
         h = fits.getheader(path)
         refs[(int(h["CCD_ID"]), int(h["QID"]))] = Path(path)
+    if args.scorr_only:
+        return scorr_only(archive, args.night, refs)
     rows = []
     for p in sorted((archive / "sci" / args.night[:4] / args.night[4:]).glob("*/*sciimg.fits")):
         h = fits.getheader(p)

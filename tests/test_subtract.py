@@ -225,3 +225,11 @@ def test_bright_star_halo_vetoes_wings_but_not_the_star_itself():
                "magpsf": np.full(6, 19.0), "chipsf": np.ones(6), "brightstar": halo})
     bits = filter_candidates(t, 3.0, rules)
     assert list(bits & FILTER_BITS["BRIGHT_STAR"] > 0) == [True, True, True, False, False, False]
+
+
+def test_background_match_mask_grows_with_the_seeing():
+    from zsds.stages.subtract import _mask_growth
+    assert _mask_growth(fits.Header({"FWHMPIX": 2.1})) == 2
+    assert _mask_growth(fits.Header({"FWHMPIX": 4.45})) == 4
+    assert _mask_growth(fits.Header({"SEEING": 3.1})) == 3  # arcsec, 1.012"/px
+    assert _mask_growth(fits.Header()) == 2

@@ -312,7 +312,7 @@ def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int, fft_
     bad_ref = ~foot | (res.mask.astype(bool) if res.mask is not None else False)
     ref_img = np.where(foot, res.image, 0).astype(np.float32)
     scale = fluxmatch.flux_scale(sci.zp, ref.zp)
-    sources = _source_mask(sci.data, ref_img * scale, sci.bad | bad_ref)
+    sources = _source_mask(sci.data, ref_img * scale, sci.bad | bad_ref, grow=_mask_growth(sci.header))
     plane = fluxmatch.match_background(sci.data, ref_img * scale, mask=sources | sci.bad | bad_ref)
     new = sci.data - plane
     psf_n, psf_r, n_psf, xs, ys = _psfs(sci, ref, new, ref_img, bad_ref)
@@ -374,6 +374,15 @@ def _flux_calibration(sci: _Image, ref: _Image, new, ref_img, psf_n, psf_r, xs, 
                 if 0.8 < a < 1.25:
                     out.update(apcorr=a, n_apcorr=int(good.sum()))
     return out
+
+
+def _mask_growth(header) -> int:
+    """Pixels by which the background-matching source mask is grown: the science FWHM, at
+    least 2. Broad wings left unmasked in bad seeing bias the fitted plane (an S_corr offset
+    of -0.1 at 4.5" seeing with 2 px)."""
+    fwhm = float(header["FWHMPIX"]) if "FWHMPIX" in header else \
+        float(header.get("SEEING", 2.0 * _PIXSCALE)) / _PIXSCALE
+    return max(2, int(fwhm + 0.5))
 
 
 def _source_mask(new, ref_scaled, bad, *, nsigma: float = 3.0, grow: int = 2):
