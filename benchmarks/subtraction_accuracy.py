@@ -29,6 +29,15 @@ the quadrant's reference, then against the truth (``truth/sources/<night>/<expid
   to a full-size quadrant (3072 x 3080 px) by area;
 * held-out AUC / FPR of the shipped model (stored in the model file by ``zsds rb train``);
 * time per quadrant and FFT count.
+
+Seeing ratios science/reference from 0.7 to 2.0 (``--scorr-only``: S_corr statistics and the
+ratio for every science image of a night, also those marked bad, no truth needed): simulate
+single nights into the same archive with the same seed and a fixed seeing, e.g.
+``zsds simulate IN23 --nights 1 --start-night 20261123 --seed 33 --seeing 4.4 --transients 0
+...`` (the other options as for the main run), ``zsds run-night 20261123 --incoming IN23``,
+then ``python benchmarks/subtraction_accuracy.py OUT --night 20261123 --scorr-only``.
+(4.4" is beyond the pipeline's 4" seeing limit, so that image is marked ``BAD_SEEING`` and
+not subtracted by run-night; the benchmark subtracts it anyway.)
 """
 
 from __future__ import annotations
