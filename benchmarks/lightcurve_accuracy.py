@@ -63,9 +63,11 @@ def prepare(work: Path, nights: int, exposures: int, seed: int, span_days: int =
         "--filters", "zr", "--n-bias", "5", "--n-flat", "5", "--seed", str(seed),
         "--span-days", str(span_days), *(["--scatter-visits"] if scatter_visits else []))
     for night in _nights(work):
-        subprocess.run(["zsds", "run-night", night, "--incoming", str(work / "incoming" / "raw"),
-                        "--no-progress", "--quads", "3"], env=_env(work), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        done = subprocess.run(["zsds", "run-night", night, "--incoming", str(work / "incoming" / "raw"),
+                               "--no-progress", "--quads", "3"], env=_env(work), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:  # e.g. a full disk: never measure on a silently partial season
+            raise SystemExit(f"run-night {night} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
     subprocess.run(["zsds", "refimg", "build", "--min-frames", "3", "--serial"], env=_env(work),
                    stdout=subprocess.DEVNULL)
     (work / "prepared.ok").write_text("ok")
