@@ -129,6 +129,18 @@ def test_peak_ranking_prefers_the_harmonic_fit_but_not_a_subharmonic():
     assert lcmetrics._rank_by_harmonic_fit([true, (0.5, 0.1, 0.9)])[0][0] == 0.5
 
 
+def test_nearly_degenerate_daily_alias_resolved_to_the_lower_frequency():
+    true, alias = (0.241, 0.20, 0.900), (1.244, 0.22, 0.905)  # chi2 ratio 0.095 / 0.100
+    ranked = lcmetrics._rank_by_harmonic_fit([true, alias])
+    assert ranked[0] == alias  # by the fit alone
+    assert lcmetrics._prefer_lower_daily_alias(ranked, 0.1)[0] == true
+    assert lcmetrics._prefer_lower_daily_alias(ranked, 0.0)[0] == alias
+    clearly = (1.244, 0.22, 0.95)  # the alias fits twice as well: kept
+    assert lcmetrics._prefer_lower_daily_alias([clearly, true], 0.1)[0] == clearly
+    other = (0.741, 0.22, 0.905)  # 0.5 c/d apart: not a daily alias
+    assert lcmetrics._prefer_lower_daily_alias([other, (0.241, 0.2, 0.9)], 0.1)[0] == other
+
+
 # -- store ------------------------------------------------------------------------------------
 def _synthetic_store(tmp_path, order=12, n=400):
     from zsds.stages.lightcurves import OBJECT_COLUMNS, detection_schema, object_schema

@@ -85,7 +85,8 @@ _OWN = [
     ("pos_rms_arcsec", "arcsec", "RMS distance of the detections from their mean position"),
     ("ls_freq_1", "1/d", "frequency of the highest Lomb-Scargle peak (nifty-ls, standard "
                          "normalisation, floating mean, errors as weights), refined on a fine grid "
-                         "with a three-harmonic model (non-sinusoidal shapes)"),
+                         "with a three-harmonic model (non-sinusoidal shapes); of two daily "
+                         "aliases whose fits differ by < 10% in chi-square, the lower frequency"),
     ("ls_period_1", "d", "1 / ls_freq_1"),
     ("ls_power_1", "", "Lomb-Scargle power of peak 1 on the coarse grid (0..1)"),
     ("ls_period_2", "d", "period of the second candidate peak (candidates: the highest peaks "
@@ -124,7 +125,7 @@ class MetricsParams:
     def __init__(self, *, min_period_d: float = 0.05, max_period_baselines: float = 2.0,
                  samples_per_peak: int = 10, refine_points: int = 100, pair_dt_d: float = 0.1,
                  min_points: int = 5, refine_nterms: int = 3, n_candidates: int = 5,
-                 candidate_sep_baselines: float = 5.0):
+                 candidate_sep_baselines: float = 5.0, daily_alias_chi2_tolerance: float = 0.1):
         self.min_period_d = min_period_d
         self.max_period_baselines = max_period_baselines
         self.samples_per_peak = samples_per_peak
@@ -134,6 +135,7 @@ class MetricsParams:
         self.refine_nterms = refine_nterms
         self.n_candidates = n_candidates
         self.candidate_sep_baselines = candidate_sep_baselines
+        self.daily_alias_chi2_tolerance = daily_alias_chi2_tolerance
 
 
 def _ls_power(t, y, dy, fmin, fmax, nf):
@@ -171,6 +173,22 @@ def _peaks(freq, power, sep, n: int = 3):
         if len(chosen) == n:
             break
     return chosen
+
+
+def _prefer_lower_daily_alias(ranked, tolerance: float):
+    """Put first the lowest-frequency daily alias (a whole number of cycles per day below the
+    best) whose harmonic-fit chi-square is within ``1 + tolerance`` of the best's.
+
+    Night-time sampling leaves ``f`` and ``f + k`` c/d nearly degenerate; periods are spread
+    about log-uniformly (prior density proportional to 1/f), so of two fits that are nearly as
+    good the lower frequency is the more probable.
+    """
+    best = ranked[0]
+    for c in sorted(ranked[1:], key=lambda c: c[0]):
+        d = best[0] - c[0]
+        if d > 0.5 and abs(d - round(d)) < 0.02 and 1 - c[2] <= (1 + tolerance) * (1 - best[2]):
+            return [c] + [x for x in ranked if x is not c]
+    return ranked
 
 
 def _rank_by_harmonic_fit(refined, nterms: int = 3):
@@ -238,7 +256,8 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
         pp = _harmonic_power(t0, y, dy, ff, p.refine_nterms)
         k = int(np.nanargmax(pp))
         refined.append((ff[k], power[i], pp[k]))
-    refined = _rank_by_harmonic_fit(refined, p.refine_nterms)
+    refined = _prefer_lower_daily_alias(_rank_by_harmonic_fit(refined, p.refine_nterms),
+                                        p.daily_alias_chi2_tolerance)
     med = float(np.median(power))
     mad = 1.4826 * float(np.median(np.abs(power - med)))
     out.update(ls_freq_1=refined[0][0], ls_period_1=1.0 / refined[0][0], ls_power_1=refined[0][1],
