@@ -54,7 +54,7 @@ from scipy import ndimage
 from .forcedphot import forced_photometry, shifted_psf
 
 __all__ = ["FILTER_BITS", "DifferenceImages", "detect_peaks", "subpixel_offsets",
-           "measure_candidates", "match_reference", "filter_candidates", "diffmaglim",
+           "measure_candidates", "find_candidates", "score_peaks", "distinct_candidates", "match_reference", "filter_candidates", "diffmaglim",
            "robust_std", "bright_star_halo", "FilterRules"]
 
 #: Bits of the ``filter_bits`` column (0: kept).
@@ -207,19 +207,22 @@ def score_peaks(S, y, x, sign, half: int = 2, steps: int = 2):
 
 
 def distinct_candidates(t: Table) -> np.ndarray:
-    """True for the first of candidates measured at the same position and sign (two S_corr
-    peaks beside a bright star can climb to one peak of S); the one with the highest
-    ``scorr`` is kept."""
-    n = len(t)
-    if n == 0:
-        return np.zeros(0, bool)
+    """True for one of each set of candidates measured at the same position and sign (two
+    S_corr peaks beside a bright star can climb to one peak of S): the highest ``scorr``."""
     order = np.argsort(-np.asarray(t["scorr"], float), kind="stable")
-    key = np.rec.fromarrays([np.asarray(t["isdiffpos"])[order], np.round(np.asarray(t["xpos"]), 3)[order],
-                             np.round(np.asarray(t["ypos"]), 3)[order]])
-    _, first = np.unique(key, return_index=True)
-    keep = np.zeros(n, bool)
-    keep[order[first]] = True
+    key = np.rec.fromarrays([np.asarray(t[c])[order] for c in ("isdiffpos", "xpos", "ypos")])
+    keep = np.zeros(len(t), bool)
+    keep[order[np.unique(key, return_index=True)[1]]] = True
     return keep
+
+
+def find_candidates(im: DifferenceImages, *, exclude=None, diffmaglim_value: float,
+                    threshold: float = 5.0) -> Table:
+    """:func:`detect_peaks` on S_corr, :func:`measure_candidates`, one row per source
+    (:func:`distinct_candidates`), ordered by the S_corr peak position."""
+    y, x, sign = detect_peaks(im.S_corr, threshold=threshold, exclude=exclude)
+    t = measure_candidates(im, y, x, sign, diffmaglim_value=diffmaglim_value)
+    return t[distinct_candidates(t)] if len(t) else t
 
 
 def subpixel_offsets(S, y, x, sign):

@@ -160,8 +160,7 @@ def pair_candidates(seed: int, shape=(512, 512)) -> Table:
     excl = np.zeros(z.D.shape, bool)
     h = z.P_D.shape[0] // 2
     excl[:h], excl[-h:], excl[:, :h], excl[:, -h:] = True, True, True, True
-    y, x, sign = cands.detect_peaks(z.S_corr, exclude=excl)
-    t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
+    t = cands.find_candidates(im, exclude=excl, diffmaglim_value=lim)
     for k in ("distnr", "magnr"):
         t[k] = np.full(len(t), np.nan)
     t["filter_bits"] = cands.filter_candidates(t, cands._psf_fwhm(z.P_D))

@@ -376,18 +376,18 @@ def _flux_calibration(sci: _Image, ref: _Image, new, ref_img, psf_n, psf_r, xs, 
     return out
 
 
-def _fwhm_px(header, default_arcsec: float) -> float:
-    """Science PSF FWHM, pixels: ``FWHMPIX``, else ``SEEING`` (arcsec), else the default."""
+def _fwhm_px(header, default: float) -> float:
+    """Science PSF FWHM, pixels: ``FWHMPIX``, else ``SEEING`` (arcsec), else ``default`` (px)."""
     if "FWHMPIX" in header:
         return float(header["FWHMPIX"])
-    return float(header.get("SEEING", default_arcsec)) / _PIXSCALE
+    return float(header["SEEING"]) / _PIXSCALE if "SEEING" in header else float(default)
 
 
 def _mask_growth(header) -> int:
     """Pixels by which the background-matching source mask is grown: the science FWHM, at
     least 2. Broad wings left unmasked in bad seeing bias the fitted plane (an S_corr offset
     of -0.1 at 4.5" seeing with 2 px)."""
-    return max(2, int(_fwhm_px(header, 2.0 * _PIXSCALE) + 0.5))
+    return max(2, int(_fwhm_px(header, 2.0) + 0.5))
 
 
 def _source_mask(new, ref_scaled, bad, *, nsigma: float = 3.0, grow: int = 2):
@@ -420,7 +420,7 @@ def _psfs(sci: _Image, ref: _Image, new, ref_img, bad_ref):
     saturate = float(sci.header.get("SATURATE", np.inf)) - float(sci.header.get("SKYBKG", 0.0))
     x, y = diffpsf.select_stars(new, sci.sky_rms, sci.bad | bad_ref, peak_max=0.8 * saturate,
                                 edge=half + 8)
-    fwhm = _fwhm_px(sci.header, 2.5 * _PIXSCALE)
+    fwhm = _fwhm_px(sci.header, 2.5)
     r0 = min(max(_TAPER[0] * fwhm, 4.0), half - 2.0)
     psf_n, psf_r, n = diffpsf.stacked_psfs(new, ref_img, x, y, half,
                                            taper=(r0, min(r0 + _TAPER[1] * fwhm, half)))
@@ -507,9 +507,8 @@ def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
              apcorr: float | None = None) -> tuple[Table, float]:
     im = _diff_images(z, sci, bad, apcorr)
     lim = cands.diffmaglim(z.S_var, z.s_to_flux, sci.zp, im.apcorr)
-    y, x, sign = cands.detect_peaks(z.S_corr, exclude=_exclusion(footprint, _search_margin(z.P_D)))
-    t = cands.measure_candidates(im, y, x, sign, diffmaglim_value=lim)
-    t = t[cands.distinct_candidates(t)]
+    t = cands.find_candidates(im, exclude=_exclusion(footprint, _search_margin(z.P_D)),
+                              diffmaglim_value=lim)
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     refcat = _reference_catalogue(ref, sci)
