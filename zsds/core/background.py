@@ -15,6 +15,7 @@ import sep
 from scipy import ndimage
 
 from ..errors import AlgorithmError
+from . import filters
 
 __all__ = ["BackgroundMaps", "background_maps"]
 
@@ -54,7 +55,7 @@ def _source_mask(image, bkg, mask, nsigma=3.0, grow=3, minarea=5):
     whose structure percolates into one huge "source" costs the same as an empty one).
     """
     sub = np.where(mask, np.float32(0), image - bkg.back())
-    smooth = ndimage.correlate1d(ndimage.correlate1d(sub, _SMOOTH, axis=0), _SMOOTH, axis=1)
+    smooth = filters.correlate_separable(sub, _SMOOTH, _SMOOTH)
     # noise of the smoothed image: the 1-2-1 x 1-2-1 kernel scales white noise by 3/8
     above = smooth > nsigma * 0.375 * bkg.rms()
     labels, n = ndimage.label(above)
@@ -62,7 +63,7 @@ def _source_mask(image, bkg, mask, nsigma=3.0, grow=3, minarea=5):
         return above
     big = np.bincount(labels.ravel(), minlength=n + 1) >= minarea
     big[0] = False
-    return ndimage.binary_dilation(big[labels], iterations=grow)
+    return filters.binary_dilation(big[labels], grow)
 
 
 def background_maps(image, mask=None, *, box: int = 64, filter_size: int = 3,

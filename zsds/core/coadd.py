@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
+from . import filters
+
 __all__ = ["zero_point_scale", "input_weight", "prepare_input", "median_reference",
            "CoaddAccumulator", "CoaddResult", "point_source_noise", "smoothed_outliers",
            "COADD_MASK"]
@@ -178,7 +180,7 @@ class CoaddAccumulator:
         with np.errstate(invalid="ignore"):
             bad = np.abs(data - ref) > self.nsigma * np.sqrt(var)
         if self.grow > 0 and bad.any():
-            bad = ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool), iterations=self.grow)
+            bad = filters.binary_dilation(bad, self.grow, square=True)
         if self.smooth_sigma:
             bad |= smoothed_outliers(data - ref, var, self.smooth_sigma, self.nsigma)
         return bad
@@ -292,7 +294,7 @@ def point_source_noise(image, psf, bad=None, *, clip: float = 3.0, n_iter: int =
     invalid = ~np.isfinite(img) if bad is None else (~np.isfinite(img) | np.asarray(bad, bool))
     img[invalid] = 0.0
     filt = signal.fftconvolve(img, p[::-1, ::-1], mode="same") / np.sum(p ** 2)
-    near_bad = ndimage.binary_dilation(invalid, iterations=p.shape[0] // 2)
+    near_bad = filters.binary_dilation(invalid, p.shape[0] // 2)
     vals = filt[~near_bad]
     keep = np.ones(vals.size, bool)
     for _ in range(n_iter):

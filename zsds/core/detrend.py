@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from ..flags import MASK
+from . import filters
 
 __all__ = ["Detrended", "detrend_quadrant", "cosmic_ray_mask", "coarse_sky"]
 
@@ -35,6 +35,29 @@ class Detrended:
     mask: np.ndarray
 
 
+def _cell_samples(n_cells: int, size: float, step: int):
+    """Indices of every ``step``-th pixel of each of ``n_cells`` cells of ``size`` pixels along
+    one axis (cell ``i`` spans ``[int(i * size), int((i + 1) * size))``), padded to a common
+    length: ``(index, valid)``, both of shape ``(n_cells, longest)``."""
+    starts = (np.arange(n_cells) * size).astype(int)
+    stops = (np.arange(1, n_cells + 1) * size).astype(int)
+    longest = int(np.max(-(-(stops - starts) // step)))
+    index = starts[:, None] + step * np.arange(longest)[None, :]
+    valid = index < stops[:, None]
+    return np.where(valid, index, starts[:, None]), valid
+
+
+def _masked_median(values, ok):
+    """Median of ``values[..., ok]`` along the last axis (NaN where nothing is ``ok``); equal
+    to ``np.median`` of the selected values."""
+    v = np.sort(np.where(ok, values, np.inf), axis=-1)
+    n = ok.sum(axis=-1)
+    lo = np.take_along_axis(v, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    hi = np.take_along_axis(v, (n // 2)[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, (lo + hi) / 2, np.nan).astype(np.float32)
+
+
 def coarse_sky(image, bad=None, block: int = 64, step: int = 4) -> np.ndarray:
     """A coarse sky map, DN: the median of every ``step``-th pixel in ``block`` x ``block``
     cells, linearly interpolated between cell centres (constant beyond the outer ones).
@@ -43,24 +66,27 @@ def coarse_sky(image, bad=None, block: int = 64, step: int = 4) -> np.ndarray:
     ny, nx = img.shape
     by, bx = max(1, ny // block), max(1, nx // block)
     sy, sx = ny / by, nx / bx  # cell size (the cells tile the whole image)
-    cells = np.empty((by, bx), np.float32)
-    for i in range(by):
-        rows = slice(int(i * sy), int((i + 1) * sy), step)
-        for j in range(bx):
-            v = img[rows, int(j * sx):int((j + 1) * sx):step]
-            if bad is not None:
-                v = v[~bad[rows, int(j * sx):int((j + 1) * sx):step]]
-            cells[i, j] = np.median(v) if v.size else np.nan
+    rows, row_ok = _cell_samples(by, sy, step)
+    cols, col_ok = _cell_samples(bx, sx, step)
+    # every cell's samples at once: (by, bx, rows per cell, columns per cell)
+    vals = img[rows[:, None, :, None], cols[None, :, None, :]]
+    ok = row_ok[:, None, :, None] & col_ok[None, :, None, :] & np.isfinite(vals)
+    if bad is not None:
+        ok &= ~np.asarray(bad, bool)[rows[:, None, :, None], cols[None, :, None, :]]
+    cells = _masked_median(vals.reshape(by, bx, -1), ok.reshape(by, bx, -1))
     if np.isnan(cells).all():
         cells[:] = 0.0
     cells = np.where(np.isnan(cells), np.nanmedian(cells), cells)
     x_centres, y_centres = (np.arange(bx) + 0.5) * sx - 0.5, (np.arange(by) + 0.5) * sy - 0.5
-    along_x = np.stack([np.interp(np.arange(nx), x_centres, row) for row in cells])
+    along_x = np.stack([np.interp(np.arange(nx), x_centres, row) for row in cells]).astype(np.float32)
     pos = np.interp(np.arange(ny), y_centres, np.arange(by, dtype=float))
     k = np.minimum(pos.astype(int), by - 1)
     w = (pos - k).astype(np.float32)[:, None]
-    upper = along_x[np.minimum(k + 1, by - 1)]
-    return (along_x[k] * (1 - w) + upper * w).astype(np.float32)
+    out = along_x[np.minimum(k + 1, by - 1)]
+    out -= along_x[k]
+    out *= w
+    out += along_x[k]
+    return out
 
 
 def _ratio_limit(signal, pair, peak, *, quantile: float = 0.95, margin: float = 1.25,
@@ -207,7 +233,7 @@ def detrend_quadrant(image, saturated, flat, badpix_mask, gain: float, read_nois
     out = (image / safe).astype(np.float32)
     var = (np.maximum(image, 0) / np.float32(gain) + np.float32((read_noise_e / gain) ** 2)) / safe**2
     mask = badpix_mask.astype(np.uint16, copy=True)
-    mask[ndimage.binary_dilation(saturated, iterations=1)] |= MASK["SATURATED"]
+    mask[filters.binary_dilation(saturated, 1)] |= MASK["SATURATED"]
     nan = ~np.isfinite(out) | ~good_resp
     mask[nan] |= MASK["NAN"]
     out[nan] = 0.0

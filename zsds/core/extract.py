@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 import sep
 from astropy.table import Table
-from scipy import ndimage, signal, special
+from scipy import signal, special
 
 from ..errors import AlgorithmError
+from . import filters
 
 __all__ = ["COLUMNS", "APER_RADII", "FLAGS", "extract_sources", "star_galaxy",
            "add_sky_coordinates", "detection_image"]
@@ -109,7 +110,7 @@ def detection_image(sub, rms, bad, *, psf_fwhm=2.0, kernel=None):
     """
     clean = np.where(bad, np.float32(0), sub)
     if kernel is None:
-        filt = ndimage.gaussian_filter(clean, psf_fwhm / 2.3548, mode="nearest", truncate=3.0)
+        filt = filters.gaussian_filter(clean, psf_fwhm / 2.3548, mode="nearest", truncate=3.0)
         sum_k2 = _gaussian_kernel_sum2(psf_fwhm)
     else:
         k = np.asarray(kernel, np.float64) / np.sum(kernel)
@@ -262,7 +263,7 @@ def _own_flags(x, y, shape, bad, saturated, lab, idx_sat, n, edge):
     if saturated is not None:
         flags |= np.where(np.bincount(lab, weights=idx_sat, minlength=n) > 0, FLAGS["SATURATED"], 0)
     if bad.any():
-        near = ndimage.binary_dilation(bad, iterations=3)
+        near = filters.binary_dilation(bad, 3)
         xi = np.clip(np.rint(x).astype(int), 0, nx - 1)
         yi = np.clip(np.rint(y).astype(int), 0, ny - 1)
         flags |= np.where(near[yi, xi], FLAGS["NEAR_BAD"], 0)

@@ -65,6 +65,8 @@ from scipy.optimize import least_squares
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
+from . import filters
+
 __all__ = ["StreakParams", "STREAK_COLUMNS", "detect_streaks", "segment_regions",
            "region_moments", "trailed_gaussian", "line_model", "trail_photometry",
            "section_amplitudes", "collinear_groups", "psf_sigma"]
@@ -407,7 +409,7 @@ def _fit_region(image, variance, bad, region, box, mom, sigma0, params):
     xa, xb = max(xs.start - m, 0), min(xs.stop + m, nx)
     grown = np.zeros((yb - ya, xb - xa), bool)
     grown[ys.start - ya:ys.stop - ya, xs.start - xa:xs.stop - xa] = region
-    use = ndimage.binary_dilation(grown, iterations=m)
+    use = filters.binary_dilation(grown, m)
     d = np.asarray(image[ya:yb, xa:xb], np.float64)
     var = np.broadcast_to(np.asarray(variance, np.float64), image.shape)[ya:yb, xa:xb]
     use &= np.isfinite(d) & np.isfinite(var) & (var > 0)
@@ -692,8 +694,7 @@ def detect_streaks(snr, image, variance, psf, *, bad=None, exclude=None, apcorr:
     variance = np.asarray(variance, np.float64)       # once: stamps are cut from it
     near_bad = None
     if bad is not None and np.any(bad):
-        near_bad = ndimage.binary_dilation(np.asarray(bad, bool),
-                                           iterations=params.bad_reach_px) \
+        near_bad = filters.binary_dilation(bad, params.bad_reach_px) \
             if params.bad_reach_px > 0 else np.asarray(bad, bool)
     rows = []
     for sign in (1, -1):

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from scipy import ndimage
 
+from . import filters
 from .fft import FFTPlans, fast_size, get_plans, padded_shape
 
 __all__ = ["TINY", "ZogyResult", "TiledZogyResult", "ZogyTile", "difference_psf", "zogy_subtract",
@@ -292,7 +292,7 @@ def _noise_variance(plans, kernels, vn, vr, sn, sr, shape):
 def _unreliable(bad, shape, reach):
     """Pixels within ``reach`` of the border or of a bad input pixel."""
     if bad.any():
-        out = ndimage.maximum_filter(bad.view(np.uint8), size=2 * reach + 1).astype(bool)
+        out = filters.maximum_filter(np.asarray(bad, bool), 2 * reach + 1)
     else:
         out = np.zeros(shape, bool)
     out[:reach] = out[-reach:] = True

@@ -41,7 +41,7 @@ from sqlalchemy import delete, select, update
 from ..alerts.ids import make_candid, make_pid
 from ..alerts.packet import CUTOUT_SIZE
 from ..archive.verify import record_checksums
-from ..core import align, background, candidates as cands, diffpsf, fluxmatch, realbogus, zogy
+from ..core import align, background, candidates as cands, diffpsf, filters, fluxmatch, realbogus, zogy
 from ..core.psf import PSFModel
 from ..db import schema as s
 from ..db.ops import set_quadrant_status, utcnow
@@ -399,16 +399,14 @@ def _source_mask(new, ref_scaled, bad, *, nsigma: float = 3.0, grow: int = 2):
     above 3 sigma leaves the wings of sources and the faint sources in the fit, whose
     PSF-mismatch residuals bias the fitted plane by ~0.05 sigma (an S_corr offset of ~0.1).
     """
-    from scipy import ndimage
-
     out = np.zeros(new.shape, bool)
     for img in (new, ref_scaled):
-        sm = ndimage.gaussian_filter(np.where(bad, 0, img).astype(np.float32), 1.0)
+        sm = filters.gaussian_filter(np.where(bad, np.float32(0), img), 1.0)
         v = sm[::3, ::3][~bad[::3, ::3]]  # statistics from every 9th pixel (1 million)
         med = float(np.median(v))
         std = 1.4826 * float(np.median(np.abs(v - med)))
         out |= sm - med > nsigma * std
-    return ndimage.binary_dilation(out, iterations=grow) if grow else out
+    return filters.binary_dilation(out, grow)
 
 
 def _psfs(sci: _Image, ref: _Image, new, ref_img, bad_ref):
@@ -439,10 +437,7 @@ def _search_margin(P_D) -> int:
 
 def _exclusion(footprint, reach):
     """Pixels where no candidate is searched: outside the reference footprint or the border."""
-    from scipy import ndimage
-
-    out = ndimage.binary_dilation(~footprint, iterations=reach) if (~footprint).any() \
-        else np.zeros(footprint.shape, bool)
+    out = filters.binary_dilation(~footprint, reach)
     out[:reach], out[-reach:], out[:, :reach], out[:, -reach:] = True, True, True, True
     return out
 
@@ -590,9 +585,7 @@ def read_cutouts(path) -> dict:
 
 def _scorr_stats(z, footprint, excl) -> dict:
     """Mean and std of S_corr over source-free pixels (|S_corr| < 5 and away from detections)."""
-    from scipy import ndimage
-
-    strong = ndimage.binary_dilation(np.abs(z.S_corr) > 5, iterations=6)
+    strong = filters.binary_dilation(np.abs(z.S_corr) > 5, 6)
     sel = footprint & ~excl & ~strong & ~z.mask
     v = z.S_corr[sel]
     return {"scorr_mean": float(np.mean(v)), "scorr_std": float(np.std(v)),
