@@ -155,18 +155,32 @@ def _render(coef, psum, p, dx, dy, half, s, with_grad, normalise):
 def cutouts(image, x, y, half, fill=0.0):
     """Stamps (n, 2 half + 1, 2 half + 1) around the nearest pixels to (x, y).
 
-    Returns the stamps, a bool array of pixels inside the image, and the integer centres
-    ``xi, yi``; outside pixels are set to ``fill``.
+    Returns the stamps (the image's dtype), a bool array of pixels inside the image, and the
+    integer centres ``xi, yi``; outside pixels are set to ``fill``.
     """
+    img = np.asarray(image)
+    xi = np.rint(np.asarray(x)).astype(np.int64).reshape(-1)
+    yi = np.rint(np.asarray(y)).astype(np.int64).reshape(-1)
+    k = 2 * int(half) + 1
+    stamps = np.empty((xi.size, k, k), img.dtype)
+    inside = np.empty((xi.size, k, k), bool)
+    _gather_stamps(img, xi, yi, int(half), np.asarray(fill, img.dtype).reshape(1)[0], stamps, inside)
+    return stamps, inside, xi, yi
+
+
+@numba.njit(cache=True)
+def _gather_stamps(image, xi, yi, half, fill, stamps, inside):
     ny, nx = image.shape
-    xi = np.rint(np.asarray(x)).astype(np.int64)
-    yi = np.rint(np.asarray(y)).astype(np.int64)
-    g = np.arange(-half, half + 1)
-    yy = yi[:, None, None] + g[None, :, None]
-    xx = xi[:, None, None] + g[None, None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    vals = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    return np.where(inside, vals, fill), inside, xi, yi
+    k = 2 * half + 1
+    for i in range(xi.size):
+        for a in range(k):
+            row = yi[i] + a - half
+            row_in = 0 <= row < ny
+            for b in range(k):
+                col = xi[i] + b - half
+                ok = row_in and 0 <= col < nx
+                inside[i, a, b] = ok
+                stamps[i, a, b] = image[row, col] if ok else fill
 
 
 def disc(half, radius, inner=0.0):

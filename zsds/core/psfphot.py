@@ -30,6 +30,7 @@ Conventions: numpy ``[y, x]``, 0-based positions in and out.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
@@ -180,13 +181,27 @@ def _search_start(image, sky_variance, mask, psf, x, y, half, radius, reach=3):
 def _neighbour_models(shape, psf, flux, x, y, half):
     """Image of all fitted sources (each its model stamp of half-width ``half``)."""
     m = psf.evaluate(x, y, half) * flux[:, None, None]
-    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    g = np.arange(-half, half + 1)
-    yy = (yi[:, None, None] + g[None, :, None]).repeat(len(g), 2)
-    xx = (xi[:, None, None] + g[None, None, :]).repeat(len(g), 1)
-    ok = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
-    img = np.bincount((yy * shape[1] + xx)[ok], m[ok], minlength=shape[0] * shape[1])
-    return img.reshape(shape)
+    img = np.zeros(shape)
+    _add_stamps(img, m, np.rint(x).astype(np.int64), np.rint(y).astype(np.int64))
+    return img
+
+
+@numba.njit(cache=True)
+def _add_stamps(img, stamps, xi, yi):
+    """Add stamps (n, k, k) centred on pixels (xi, yi) into ``img`` in place (parts outside
+    the image dropped); sources in order, as ``np.bincount`` would sum them."""
+    n, k = stamps.shape[0], stamps.shape[1]
+    h = k // 2
+    ny, nx = img.shape
+    for i in range(n):
+        for a in range(k):
+            row = yi[i] + a - h
+            if row < 0 or row >= ny:
+                continue
+            for b in range(k):
+                col = xi[i] + b - h
+                if 0 <= col < nx:
+                    img[row, col] += stamps[i, a, b]
 
 
 def _errors(weight, var, m, gx, gy, flux, sky_err, model_error, fitp):

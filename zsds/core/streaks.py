@@ -189,7 +189,8 @@ def region_moments(weights, labels, ids) -> dict:
     dict of 1-D arrays (one entry per id)
         ``npix``, ``xc``, ``yc`` (0-based), ``l1 >= l2`` (eigenvalues of the covariance,
         px^2), ``theta_deg`` (major-axis direction, CCW from +x, [0, 180)),
-        ``moment_length`` (``sqrt(12 (l1 - l2))``, px) and ``peak`` (largest weight).
+        ``moment_length`` (``sqrt(12 (l1 - l2))``, px), ``peak`` (largest weight) and the
+        bounding box ``ymin, ymax, xmin, xmax`` (0-based, inclusive).
     """
     ids = np.asarray(ids, int)
     nx = labels.shape[1]
@@ -217,9 +218,14 @@ def region_moments(weights, labels, ids) -> dict:
     theta = np.degrees(0.5 * np.arctan2(2 * mxy, mxx - myy)) % 180.0
     peak = np.zeros(size)
     np.maximum.at(peak, lab, w)
+    lo, hi = np.full((2, size), np.inf), np.full((2, size), -np.inf)
+    for axis, v in enumerate((yy, xx)):
+        np.minimum.at(lo[axis], lab, v)
+        np.maximum.at(hi[axis], lab, v)
     return {"npix": one.astype(int), "xc": xc, "yc": yc, "l1": l1, "l2": l2,
             "theta_deg": theta, "moment_length": np.sqrt(12.0 * np.clip(l1 - l2, 0, None)),
-            "peak": peak[ids]}
+            "peak": peak[ids], "ymin": lo[0][ids], "ymax": hi[0][ids], "xmin": lo[1][ids],
+            "xmax": hi[1][ids]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,11 +454,6 @@ def _fit_region(image, variance, bad, region, box, mom, sigma0, params):
     return res.x, err, chi2, int(gx.size), bool(res.success)
 
 
-def _union_box(boxes):
-    return (slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
-            slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)))
-
-
 def collinear_groups(mom: dict, *, max_gap_px: float = 10.0,
                      angle_tol_deg: float = 12.0, min_piece_px: float = 3.0) -> list[np.ndarray]:
     """Groups of regions that are pieces of one trail (cut by masked pixels or noise).
@@ -595,7 +596,6 @@ def _one_sign(snr, image, variance, bad, near_bad, exclude, psf, sign, sigma0, a
         return []
     mom = region_moments(snr_signed, labels, ids)
     groups = collinear_groups(mom, max_gap_px=params.max_gap_px)
-    boxes = ndimage.find_objects(labels)
     min_len = 0.7 * params.min_length_px
     tries = []          # (moment length, member positions, moments)
     grouped = set()
@@ -608,12 +608,15 @@ def _one_sign(snr, image, variance, bad, near_bad, exclude, psf, sign, sigma0, a
             one = {c: v[k] for c, v in mom.items()}
             tries.append((mom["moment_length"][k], np.array([k]), one))
     tries.sort(key=lambda t: -t[0])
-    signed = sign * np.asarray(image, np.float64)
+    if not tries:
+        return []
+    signed = image if sign > 0 else -image
     fit_bad = near_bad if near_bad is not None else bad
     rows = []
 
     def measure(members, m):
-        box = _union_box([boxes[int(ids[k]) - 1] for k in members])
+        box = (slice(int(mom["ymin"][members].min()), int(mom["ymax"][members].max()) + 1),
+               slice(int(mom["xmin"][members].min()), int(mom["xmax"][members].max()) + 1))
         region = np.isin(labels[box], ids[members])
         return _measure(signed, variance, fit_bad, near_bad, region, box, m, psf, sign, sigma0,
                         apcorr, params)
