@@ -112,8 +112,8 @@ def test_build_reference_products_rejection_and_depth(archive):
     out = build_reference(config, *KEY, min_frames=5, engine=engine)
     assert out["status"] == "built" and out["version"] == 1 and out["n_frames"] == 6
     layout = ArchiveLayout(config.archive.root)
-    for sfx in ("refimg.fits", "refunc.fits", "refcov.fits", "refpsfcat.fits", "refsexcat.fits",
-                "refpsf.fits", "refimlog.txt"):
+    for sfx in ("refimg.fits", "refunc.fits", "refcov.fits", "refbkg.fits", "refpsfcat.fits",
+                "refsexcat.fits", "refpsf.fits", "refimlog.txt"):
         assert layout.ref_path(*KEY, sfx).exists(), sfx
     img = fits.getdata(layout.ref_path(*KEY, "refimg.fits"))
     unc = fits.getdata(layout.ref_path(*KEY, "refunc.fits"))
@@ -129,6 +129,32 @@ def test_build_reference_products_rejection_and_depth(archive):
     single = made["rows"][0]["sky_rms"] * coadd.zero_point_scale(made["rows"][0]["magzp"], 26.0)
     assert out["flux_noise_dn"] > 0 and np.nanmedian(unc[20:-20, 20:-20]) == pytest.approx(
         single / np.sqrt(6), rel=0.15)
+
+
+def test_reference_background_is_written_and_used_by_the_subtraction(archive):
+    """The co-add's background maps are stored with it (``refbkg``) and the subtraction loads
+    them instead of re-estimating: the same background-subtracted reference, within a small
+    fraction of the noise; a missing or unreadable ``refbkg`` falls back to the estimate."""
+    from zsds.stages import subtract
+
+    config, engine, _ = archive
+    build_reference(config, *KEY, min_frames=5, engine=engine)
+    layout = ArchiveLayout(config.archive.root)
+    ref_path, bkg_path = layout.ref_path(*KEY, "refimg.fits"), layout.ref_path(*KEY, "refbkg.fits")
+    with fits.open(bkg_path) as h:
+        sky, rms = h["SKY"].data, h["RMS"].data
+    stored = subtract._load_image(ref_path, None, "ref")
+    raw = np.nan_to_num(fits.getdata(ref_path).astype(np.float32))
+    good = ~stored.bad
+    assert_allclose(stored.data[good], (raw - sky)[good], atol=1e-3)
+    assert_array_equal(stored.sky_rms, rms)
+    bkg_path.rename(bkg_path.with_suffix(".moved"))
+    estimated = subtract._load_image(ref_path, None, "ref")
+    noise = float(np.median(estimated.sky_rms))
+    assert np.max(np.abs(stored.data - estimated.data)[good]) < 0.05 * noise
+    assert_allclose(stored.sky_rms, estimated.sky_rms, rtol=0.02)
+    bkg_path.write_bytes(b"not a FITS file")
+    assert_array_equal(subtract._load_image(ref_path, None, "ref").data, estimated.data)
 
 
 def test_coadd_psf_catalogue_positions_match_the_truth(archive):

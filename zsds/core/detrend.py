@@ -78,7 +78,8 @@ def coarse_sky(image, bad=None, block: int = 64, step: int = 4) -> np.ndarray:
         cells[:] = 0.0
     cells = np.where(np.isnan(cells), np.nanmedian(cells), cells)
     x_centres, y_centres = (np.arange(bx) + 0.5) * sx - 0.5, (np.arange(by) + 0.5) * sy - 0.5
-    along_x = np.stack([np.interp(np.arange(nx), x_centres, row) for row in cells]).astype(np.float32)
+    along_x = np.stack([np.interp(np.arange(nx), x_centres, row) for row in cells])
+    along_x = along_x.astype(np.float32)
     pos = np.interp(np.arange(ny), y_centres, np.arange(by, dtype=float))
     k = np.minimum(pos.astype(int), by - 1)
     w = (pos - k).astype(np.float32)[:, None]

@@ -40,7 +40,7 @@ from ..errors import AlgorithmError, InputDataError, NoWorkFound
 from ..flags import BAD_PIXEL_BITS
 from ..io import zarr_store
 from ..io.paths import ArchiveLayout
-from ..io.products import write_hdulist, write_image, write_table, write_text
+from ..io.products import write_hdulist, write_image, write_smooth_maps, write_table, write_text
 from ..io.refcat import apply_proper_motion, read_refcat
 from .calibrate import COLOUR_BANDS
 
@@ -49,8 +49,8 @@ __all__ = ["ReferenceParams", "select_inputs", "build_reference", "build_referen
 
 log = logging.getLogger(__name__)
 
-REF_SUFFIXES = ("refimg.fits", "refunc.fits", "refcov.fits", "refpsfcat.fits", "refsexcat.fits",
-                "refpsf.fits", "refimlog.txt")
+REF_SUFFIXES = ("refimg.fits", "refunc.fits", "refcov.fits", "refbkg.fits", "refpsfcat.fits",
+                "refsexcat.fits", "refpsf.fits", "refimlog.txt")
 _PIXSCALE = 1.012
 _PSF_HALF = 12
 
@@ -311,6 +311,8 @@ def _write_fits(layout, key, result, bkg, cat, model, pcat, header, log_text) ->
     write_image(paths["refimg.fits"], result.image, header)
     write_image(paths["refunc.fits"], result.uncertainty, header)
     write_image(paths["refcov.fits"], result.coverage.astype(np.int16), header)
+    # background and its RMS (DN): what the subtraction would otherwise re-estimate every time
+    write_smooth_maps(paths["refbkg.fits"], {"SKY": bkg.sky, "RMS": bkg.rms}, header)
     write_table(paths["refsexcat.fits"], cat, header=header, columns=extract.COLUMNS)
     write_table(paths["refpsfcat.fits"], pcat, header=header, columns=psfphot.PSFPHOT_COLUMNS)
     write_hdulist(paths["refpsf.fits"], model.to_fits())

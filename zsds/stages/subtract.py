@@ -177,8 +177,28 @@ def _load_image(path, psf_path, kind: str) -> _Image:
         hdu = h[0] if h[0].data is not None else h[1]
         raw, header = np.asarray(hdu.data, np.float32), hdu.header.copy()
     image, msk, _ = _NAMES[kind]
+    sky = _reference_background(path, raw.shape) if kind == "ref" else None
     return _assemble(path, raw, header, _read_mask(path, image, msk, raw.shape), kind,
-                     psf_path=psf_path)
+                     psf_path=psf_path, sky=sky)
+
+
+def _reference_background(path: Path, shape):
+    """The reference's background and RMS maps (DN) written with it (``_refbkg.fits``,
+    measured on the co-add before it was written), or None (then they are re-estimated)."""
+    p = _sibling(path, "_refimg.fits", "_refbkg.fits")
+    if p is None:
+        return None
+    try:
+        with fits.open(p, memmap=False) as h:
+            sky, rms = (np.asarray(h[name].data, np.float32) for name in ("SKY", "RMS"))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: unreadable reference background (%s); re-estimating it", p, exc)
+        return None
+    if sky.shape != tuple(shape) or rms.shape != tuple(shape):
+        log.warning("%s: background shape %s differs from the reference %s; re-estimating it",
+                    p, sky.shape, tuple(shape))
+        return None
+    return sky, rms
 
 
 def _science_in_memory(path, calibrated) -> _Image:
