@@ -340,8 +340,12 @@ def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int, fft_
     if abs(cal["scale"] / scale - 1) > 1e-4:  # re-match the background on the measured scale
         new = sci.data - fluxmatch.match_background(sci.data, ref_img * cal["scale"],
                                                     mask=sources | sci.bad | bad_ref)
-    var_r = np.where(foot, res.variance, np.nanmedian(res.variance[foot])) if res.variance is not None else None
-    sigma_r = float(np.sqrt(np.nanmedian(var_r[foot]))) if var_r is not None else float(np.median(ref.sky_rms))
+    if res.variance is not None:
+        median_var_r = np.nanmedian(res.variance[foot])  # = the median of var_r over foot
+        var_r = np.where(foot, res.variance, median_var_r)
+        sigma_r = float(np.sqrt(median_var_r))
+    else:
+        var_r, sigma_r = None, float(np.median(ref.sky_rms))
     z = zogy.zogy_subtract(new, ref_img, psf_n, psf_r, sigma_new=float(np.median(sci.sky_rms)),
                            sigma_ref=sigma_r, flux_zp_new=1.0,
                            flux_zp_ref=1.0 / cal["scale"], var_new=sci.variance,
