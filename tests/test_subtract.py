@@ -233,3 +233,22 @@ def test_background_match_mask_grows_with_the_seeing():
     assert _mask_growth(fits.Header({"FWHMPIX": 4.45})) == 4
     assert _mask_growth(fits.Header({"SEEING": 3.1})) == 3  # arcsec, 1.012"/px
     assert _mask_growth(fits.Header()) == 2
+
+
+def test_compressed_products_are_quantised_to_a_sixteenth_of_the_given_noise(tmp_path):
+    """write_image(noise=...) quantises to noise / 16 (an absolute step): the same precision
+    as astropy's per-tile noise estimate gives a noise image, without its cost."""
+    from zsds.io.products import write_image
+
+    img = np.random.default_rng(5).normal(0.0, 3.0, (200, 300)).astype(np.float32)
+    step = 3.0 / 16
+    for noise in (3.0, None):
+        path = write_image(tmp_path / f"d{noise}.fits.fz", img, fits.Header(), compress=True,
+                           noise=noise)
+        with fits.open(path, disable_image_compression=True) as h:
+            level = dict(zip([h[1].header[f"ZNAME{i}"] for i in (1, 2, 3)],
+                             [h[1].header[f"ZVAL{i}"] for i in (1, 2, 3)]))["NOISEBIT"]
+        assert level == (-step if noise else 16.0)
+        err = fits.getdata(path) - img
+        assert np.std(err) == pytest.approx(step / np.sqrt(12), rel=0.1), noise
+        assert np.max(np.abs(err)) <= 0.5 * step * 1.2

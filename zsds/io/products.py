@@ -59,14 +59,23 @@ def fit_comments(header: fits.Header | None) -> fits.Header | None:
 
 
 def write_image(path, data: np.ndarray, header: fits.Header | None = None, *,
-                compress: bool = False) -> Path:
-    """Write one image (primary HDU, or a RICE-compressed extension if ``compress``)."""
+                compress: bool = False, noise: float | None = None) -> Path:
+    """Write one image (primary HDU, or a RICE-compressed extension if ``compress``).
+
+    Compressed float images are quantised (no dithering, astropy's default) to 1/16 of the pixel
+    noise: of ``noise`` (the image's 1-sigma background noise, its units) when given, else of
+    the noise astropy estimates in every tile, which costs ~0.3 s per quadrant more.
+    """
     header = fit_comments(header.copy()) if header is not None else None
     if compress:
         # 16-row tiles: a quarter less CPU than fpack's row-by-row default for the same bytes
         tiles = (min(16, data.shape[0]), data.shape[1]) if data.ndim == 2 else None
+        level = 16.0
+        if noise is not None and np.isfinite(noise) and noise > 0:
+            level = -float(noise) / 16.0  # negative: an absolute quantisation step
         hdul = fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header=header, tile_shape=tiles,
-                                                                  compression_type="RICE_1")])
+                                                                  compression_type="RICE_1",
+                                                                  quantize_level=level)])
     else:
         hdul = fits.HDUList([fits.PrimaryHDU(data, header=header)])
     return write_hdulist(path, hdul)

@@ -588,8 +588,11 @@ def _cutout_hdu(cutouts: dict, t: Table) -> fits.HDUList:
 
 def _write_products(paths: dict, sci: _Image, z, t: Table, cutouts, lim, qa) -> None:
     h = _diff_header(sci, z, lim)
-    write_image(paths["scimrefdiffimg.fits.fz"], z.D_flux.astype(np.float32), h, compress=True)
-    write_image(paths["scimrefdiffimgscorr.fits.fz"], z.S_corr.astype(np.float32), h, compress=True)
+    # quantised to 1/16 of the background noise: sqrt(var_bg) DN for D_flux, 1 for S_corr
+    write_image(paths["scimrefdiffimg.fits.fz"], z.D_flux.astype(np.float32), h, compress=True,
+                noise=float(abs(z.flux_zp_new / z.F_D)))
+    write_image(paths["scimrefdiffimgscorr.fits.fz"], z.S_corr.astype(np.float32), h, compress=True,
+                noise=1.0)
     write_image(paths["diffimgpsf.fits"], z.P_D.astype(np.float32))
     tab = t.copy()
     tab.meta.update(DIFMGLIM=lim, MAGZP=sci.zp)
