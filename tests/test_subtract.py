@@ -163,7 +163,8 @@ def test_in_memory_science_gives_the_same_subtraction(tmp_path):
     from zsds.core.extract import extract_sources
     from zsds.core.psf import fit_psf_model
     from zsds.flags import MASK
-    from zsds.io.products import write_hdulist, write_image
+    from zsds.core.extract import COLUMNS
+    from zsds.io.products import write_hdulist, write_image, write_table
     from zsds.stages.subtract import subtract_images
 
     pair = make_pair((220, 230), n_stars=150, fwhm_ref=2.2, fwhm_new=2.8, n_transients=6,
@@ -187,11 +188,12 @@ def test_in_memory_science_gives_the_same_subtraction(tmp_path):
     write_image(tmp_path / "x_sciimg.fits", image, header)
     write_image(tmp_path / "x_mskimg.fits", mask)
     write_hdulist(tmp_path / "x_sciimgpsf.fits", model.to_fits())
+    write_table(tmp_path / "x_sexcat.fits", cat, header=header, columns=COLUMNS)
     zp_ref = 25.0 + 2.5 * np.log10(pair.flux_zp_ref)
     _write(tmp_path / "x_refimg.fits", pair.ref, w, zp_ref)
     fits.PrimaryHDU(pair.psf_ref).writeto(tmp_path / "ref.psf.fits")
     calibrated = SimpleNamespace(image=image, mask=mask, header=header, background=bkg.sky,
-                                 background_rms=bkg.rms, psf_model=model)
+                                 background_rms=bkg.rms, psf_model=model, sexcat=cat)
     args = (tmp_path / "x_sciimg.fits", tmp_path / "x_refimg.fits")
     from_files = subtract_images(*args, ref_psf=tmp_path / "ref.psf.fits")
     in_memory = subtract_images(*args, ref_psf=tmp_path / "ref.psf.fits", calibrated=calibrated)
@@ -252,3 +254,20 @@ def test_compressed_products_are_quantised_to_a_sixteenth_of_the_given_noise(tmp
         err = fits.getdata(path) - img
         assert np.std(err) == pytest.approx(step / np.sqrt(12), rel=0.1), noise
         assert np.max(np.abs(err)) <= 0.5 * step * 1.2
+
+
+def test_psf_stars_from_the_catalogue_are_bright_isolated_clean_and_unsaturated():
+    from zsds.core.diffpsf import select_catalogue_stars
+
+    #            kept   faint  neighbour pair  flagged  saturated  near bad  edge   kept
+    x = np.array([100.0, 150.0, 200.0, 205.0, 250.0, 300.0, 350.0, 10.0, 120.0])
+    y = np.array([100.0, 100.0, 100.0, 104.0, 100.0, 100.0, 100.0, 100.0, 200.0])
+    flux = np.array([5e4, 1e3, 6e4, 6e4, 7e4, 9e4, 8e4, 9e4, 6e4])
+    snr = np.array([200.0, 20.0, 210, 210, 220, 250, 240, 250, 205])
+    peak = np.array([5e3, 1e2, 5e3, 5e3, 5e3, 6e4, 5e3, 5e3, 5e3])
+    flags = np.array([0, 0, 0, 0, 4, 0, 0, 0, 0])
+    bad = np.zeros((300, 400), bool)
+    bad[103, 352] = True
+    sx, sy = select_catalogue_stars(x, y, flux, snr, peak, flags, bad, peak_max=5e4)
+    assert list(zip(sx, sy)) == [(120.0, 200.0), (100.0, 100.0)]  # brightest first
+    assert len(select_catalogue_stars(x, y, flux, snr, peak, flags, bad, max_stars=1)[0]) == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_stars", "stacked_psfs"]
+__all__ = ["select_stars", "select_catalogue_stars", "stacked_psfs"]
 
 
 def select_stars(image, rms, bad, *, snr_min: float = 50.0, max_stars: int = 100,
@@ -35,6 +35,31 @@ def select_stars(image, rms, bad, *, snr_min: float = 50.0, max_stars: int = 100
     ok &= _clean(bad, x, y)
     order = np.argsort(-obj["flux"][ok])[:max_stars]
     return x[ok][order], y[ok][order]
+
+
+def select_catalogue_stars(x, y, flux, snr, peak, flags, bad, *, snr_min: float = 50.0,
+                           max_stars: int = 100, isolation: float = 12.0, edge: int = 20,
+                           peak_max: float | None = None):
+    """Bright isolated stars from the image's own source catalogue: (x, y) 0-based arrays.
+
+    The criteria of :func:`select_stars` applied to a catalogue already extracted from the
+    same image (the calibration's ``sexcat``) instead of extracting it again: S/N of at least
+    ``snr_min``, no other catalogued source within ``isolation`` pixels, ``edge`` pixels
+    inside the image, unflagged, peak (background-subtracted DN) below ``peak_max`` and no
+    ``bad`` pixel within 6 pixels; the ``max_stars`` brightest (highest ``flux``) first.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    flux, snr, peak = (np.asarray(v, float) for v in (flux, snr, peak))
+    ny, nx = bad.shape
+    ok = (np.nan_to_num(snr) >= snr_min) & (_nearest_neighbour(x, y) > isolation) \
+        & (x > edge) & (y > edge) & (x < nx - 1 - edge) & (y < ny - 1 - edge) \
+        & (np.asarray(flags) == 0)
+    if peak_max is not None:
+        ok &= peak < peak_max
+    idx = np.flatnonzero(ok)
+    idx = idx[_clean(bad, x[idx], y[idx])]
+    idx = idx[np.argsort(-flux[idx], kind="stable")][:max_stars]
+    return x[idx], y[idx]
 
 
 def _nearest_neighbour(x, y):

@@ -79,6 +79,7 @@ class _Image:
     psf: PSFModel | np.ndarray
     zp: float
     gain: float
+    catalogue: Table | None = None  # the science image's own sexcat, if at hand
 
 
 @dataclass
@@ -217,8 +218,14 @@ def _science_in_memory(path, calibrated) -> _Image:
     with fits.open(buf, memmap=False) as h:
         psf = PSFModel.from_fits(h)
     bad = (np.asarray(calibrated.mask).astype(np.int64) & BAD_PIXEL_BITS) > 0
-    return _assemble(Path(path), np.asarray(calibrated.image, np.float32), header, bad, "sci",
-                     sky=(calibrated.background, calibrated.background_rms), psf=psf)
+    image = _assemble(Path(path), np.asarray(calibrated.image, np.float32), header, bad, "sci",
+                      sky=(calibrated.background, calibrated.background_rms), psf=psf)
+    cat = getattr(calibrated, "sexcat", None)
+    if cat is not None and all(c in cat.colnames for c in _STAR_COLUMNS):
+        image.catalogue = Table({c: cat[c] for c in _STAR_COLUMNS})
+        for c in ("x", "y"):  # 1-based on disk and back, to the bit
+            image.catalogue[c] = (np.asarray(cat[c], float) + 1.0) - 1.0
+    return image
 
 
 def _assemble(path: Path, raw, header, bad, kind: str, *, sky=None, psf=None,
@@ -433,6 +440,23 @@ def _source_mask(new, ref_scaled, bad, *, nsigma: float = 3.0, grow: int = 2):
     return filters.binary_dilation(out, grow)
 
 
+_STAR_COLUMNS = ("x", "y", "flux_auto", "flux_auto_err", "peak", "flags")
+
+
+def _science_catalogue(path: Path) -> Table | None:
+    """The science image's aperture catalogue (``_sexcat.fits`` beside ``_sciimg.fits``) with
+    the columns star selection needs, or None."""
+    p = _sibling(Path(path), "_sciimg.fits", "_sexcat.fits")
+    if p is None:
+        return None
+    try:
+        t = read_table(p)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable catalogue (%s); extracting the PSF stars again", p, exc)
+        return None
+    return t if all(c in t.colnames for c in _STAR_COLUMNS) else None
+
+
 def _psfs(sci: _Image, ref: _Image, new, ref_img, bad_ref):
     """PSF stamps of both images on the science grid: stacked from common stars, else models.
 
@@ -440,8 +464,17 @@ def _psfs(sci: _Image, ref: _Image, new, ref_img, bad_ref):
     """
     half = max(_half(sci.psf), _half(ref.psf), 10)
     saturate = float(sci.header.get("SATURATE", np.inf)) - float(sci.header.get("SKYBKG", 0.0))
-    x, y = diffpsf.select_stars(new, sci.sky_rms, sci.bad | bad_ref, peak_max=0.8 * saturate,
-                                edge=half + 8)
+    cat = sci.catalogue if sci.catalogue is not None else _science_catalogue(sci.path)
+    if cat is not None:
+        flux, err = np.asarray(cat["flux_auto"], float), np.asarray(cat["flux_auto_err"], float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = flux / err
+        x, y = diffpsf.select_catalogue_stars(cat["x"], cat["y"], flux, snr, cat["peak"],
+                                              cat["flags"], sci.bad | bad_ref,
+                                              peak_max=0.8 * saturate, edge=half + 8)
+    else:  # no catalogue of the science image: extract its stars here
+        x, y = diffpsf.select_stars(new, sci.sky_rms, sci.bad | bad_ref, peak_max=0.8 * saturate,
+                                    edge=half + 8)
     fwhm = _fwhm_px(sci.header, 2.5)
     r0 = min(max(_TAPER[0] * fwhm, 4.0), half - 2.0)
     psf_n, psf_r, n = diffpsf.stacked_psfs(new, ref_img, x, y, half,
