@@ -555,12 +555,10 @@ def _bright_star_halo(t: Table, refcat: Table | None) -> np.ndarray:
                                   refcat["mag"], masked)
 
 
-def _extract(z, sci: _Image, ref: _Image, bad, footprint, model_path,
-             apcorr: float | None = None) -> tuple[Table, float]:
-    im = _diff_images(z, sci, bad, apcorr)
+def _extract(im: cands.DifferenceImages, z, sci: _Image, ref: _Image, excl,
+             model_path) -> tuple[Table, float]:
     lim = cands.diffmaglim(z.S_var, z.s_to_flux, sci.zp, im.apcorr)
-    t = cands.find_candidates(im, exclude=_exclusion(footprint, _search_margin(z.P_D)),
-                              diffmaglim_value=lim)
+    t = cands.find_candidates(im, exclude=excl, diffmaglim_value=lim)
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     refcat = _reference_catalogue(ref, sci)
@@ -655,14 +653,14 @@ def _scorr_stats(z, footprint, excl) -> dict:
 # ---------------------------------------------------------------------------------------
 # streaks (zsds.stages.streaks)
 # ---------------------------------------------------------------------------------------
-def _add_streaks(out: SubtractionResult, sci: _Image, ref_scaled, bad, excl, apcorr) -> None:
+def _add_streaks(out: SubtractionResult, sci: _Image, ref_scaled, im: cands.DifferenceImages,
+                 excl) -> None:
     """Detect the streaks of the difference image; fill ``out.streaks`` and its cutouts."""
     from .streaks import find_streaks, streak_cutouts
 
     z = out.zogy
-    var_flux = _diff_images(z, sci, bad, apcorr).var_flux
-    out.streaks = find_streaks(z.S_corr, z.D_flux, var_flux, z.P_D, bad, excl, sci.wcs, sci.zp,
-                               apcorr)
+    out.streaks = find_streaks(z.S_corr, z.D_flux, im.var_flux, z.P_D, im.bad, excl, sci.wcs,
+                               sci.zp, im.apcorr)
     out.streak_cutouts = streak_cutouts(out.streaks, sci.data, ref_scaled, z.D_flux)
     out.qa["n_streaks"] = len(out.streaks)
 
@@ -729,9 +727,10 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     z, ref_scaled, bad_ref, cal = _run_zogy(sci, ref, res, threads, fft_wisdom)
     t_zogy = time.perf_counter()
     bad = sci.bad | (bad_ref & res.footprint)
-    t, lim = _extract(z, sci, ref, bad, res.footprint, model_path, cal["apcorr"])
-    t_ext = time.perf_counter()
     excl = _exclusion(res.footprint, _search_margin(z.P_D))
+    im = _diff_images(z, sci, bad, cal["apcorr"])
+    t, lim = _extract(im, z, sci, ref, excl, model_path)
+    t_ext = time.perf_counter()
     qa = {"n_detections": len(t), "n_candidates": int(np.sum(np.asarray(t["index"]) >= 0)),
           "diffmaglim": lim, "n_fft": int(z.n_fft), "seconds_load": t_load - t0,
           "seconds_zogy": t_zogy - t_load, "seconds_extract": t_ext - t_zogy,
@@ -740,7 +739,7 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
           **_scorr_stats(z, res.footprint, excl)}
     cut = _cutouts(t, sci.data, ref_scaled, z.D_flux)
     out = SubtractionResult(t, z, lim, res.footprint, cut, {}, qa)
-    _add_streaks(out, sci, ref_scaled, bad, excl, cal["apcorr"])
+    _add_streaks(out, sci, ref_scaled, im, excl)
     if out_dir is not None:
         stem = prefix or Path(sci_path).name.replace("sciimg.fits", "")
         out.paths = {sfx: Path(out_dir) / f"{stem}{sfx}" for sfx in DIFF_SUFFIXES}
