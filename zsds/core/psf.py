@@ -190,14 +190,33 @@ def disc(half, radius, inner=0.0):
     return (r2 <= radius**2) & (r2 >= inner**2)
 
 
-def _row_median(values, ok):
-    """Median of each row over its ``ok`` entries (NaN for a row with none); the same as
-    ``np.nanmedian`` on the masked rows, ~20x faster (one sort instead of masked arrays)."""
-    s = np.sort(np.where(ok, values, np.inf), axis=1)
-    n = ok.sum(1)
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[:, None], 1)[:, 0]
-    hi = np.take_along_axis(s, np.minimum(n // 2, s.shape[1] - 1)[:, None], 1)[:, 0]
-    return np.where(n > 0, 0.5 * (lo + hi), np.nan)
+@numba.njit(cache=True)
+def _clip_rows(v, ok, nsigma, n_iter):
+    """Clip each row of ``v`` in place of ``ok``, ``n_iter`` times: keep the ``ok`` values
+    within ``nsigma`` x 1.4826 MAD of their median (all of them if the MAD is 0); a row with
+    nothing ``ok`` stays so. Medians by selection (numba), not by sorting every row."""
+    n, m = v.shape
+    buf = np.empty(m)
+    for i in range(n):
+        for _ in range(n_iter):
+            k = 0
+            for j in range(m):
+                if ok[i, j]:
+                    buf[k] = v[i, j]
+                    k += 1
+            if k == 0:
+                break
+            med = np.median(buf[:k])
+            k = 0
+            for j in range(m):
+                if ok[i, j]:
+                    buf[k] = abs(v[i, j] - med)
+                    k += 1
+            sig = 1.4826 * np.median(buf[:k])
+            limit = nsigma * sig if sig > 0 else np.inf
+            for j in range(m):
+                if ok[i, j] and not abs(v[i, j] - med) <= limit:
+                    ok[i, j] = False
 
 
 def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
@@ -226,10 +245,7 @@ def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
     ring = disc((stamps.shape[1] - 1) // 2, r_out, r_in)
     v = stamps[:, ring].astype(np.float64)
     ok = valid[:, ring].copy()
-    for _ in range(n_iter):
-        med = _row_median(v, ok)
-        sig = 1.4826 * _row_median(np.abs(v - med[:, None]), ok)
-        ok &= np.abs(v - med[:, None]) <= nsigma * np.where(sig > 0, sig, np.inf)[:, None]
+    _clip_rows(v, ok, float(nsigma), int(n_iter))
     n = ok.sum(1)
     sky = np.where(n > 0, (v * ok).sum(1) / np.maximum(n, 1), 0.0)
     with np.errstate(all="ignore"):
