@@ -479,20 +479,41 @@ def _psf_star_candidates(cat, shape, half, snr_min, isolation, peak_max, frac):
     return idx[np.argsort(-f[idx])]
 
 
+@numba.njit(cache=True)
+def _normal_equations(resid, omega, pterms, jy, jx, ng):
+    """Per node ``jy * ng + jx``: the weighted normal matrix ``sum w p p^T``, right-hand side
+    ``sum w p r`` and sample count over the samples (star, i, j) with ``omega > 0`` on the
+    grid; ``p`` = the star's polynomial terms. Summed in sample order (as ``np.bincount``)."""
+    n, ki, kj = resid.shape
+    nt = pterms.shape[1]
+    nn = ng * ng
+    A = np.zeros((nn, nt, nt))
+    rhs = np.zeros((nn, nt))
+    count = np.zeros(nn, np.int64)
+    for s in range(n):
+        for i in range(ki):
+            for j in range(kj):
+                y, x, w = jy[s, i, j], jx[s, i, j], omega[s, i, j]
+                if not (w > 0 and 0 <= y < ng and 0 <= x < ng):
+                    continue
+                node = y * ng + x
+                count[node] += 1
+                for a in range(nt):
+                    wa = w * pterms[s, a]
+                    rhs[node, a] += wa * resid[s, i, j]
+                    for b in range(a, nt):
+                        A[node, a, b] += wa * pterms[s, b]
+    for a in range(nt):
+        for b in range(a + 1, nt):
+            A[:, b, a] = A[:, a, b]
+    return A, rhs, count
+
+
 def _bin_update(resid, omega, pterms, jy, jx, ng, min_samples):
     """Per node, weighted LS polynomial fit of the residuals: the node corrections."""
     nt = pterms.shape[1]
-    node = (jy * ng + jx).ravel()
-    good = (omega.ravel() > 0) & (jy.ravel() >= 0) & (jy.ravel() < ng) & (jx.ravel() >= 0) & (jx.ravel() < ng)
-    node, w, r = node[good], omega.ravel()[good], resid.ravel()[good]
-    pt = np.broadcast_to(pterms[:, None, None, :], resid.shape + (nt,)).reshape(-1, nt)[good]
-    nn = ng * ng
-    A = np.empty((nn, nt, nt))
-    for a in range(nt):
-        for b in range(a, nt):
-            A[:, a, b] = A[:, b, a] = np.bincount(node, w * pt[:, a] * pt[:, b], minlength=nn)
-    rhs = np.stack([np.bincount(node, w * pt[:, a] * r, minlength=nn) for a in range(nt)], -1)
-    count = np.bincount(node, minlength=nn)
+    A, rhs, count = _normal_equations(resid, omega, np.ascontiguousarray(pterms, np.float64),
+                                      jy, jx, ng)
     few = count < min_samples
     A[few, 1:, :] = 0
     A[few, :, 1:] = 0
