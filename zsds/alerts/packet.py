@@ -137,9 +137,17 @@ def _card(key: str, value: Any, comment: str = "") -> bytes:
     return fits.Card(key, value, comment).image.encode("ascii")
 
 
+@lru_cache(maxsize=1)
+def _structural_cards() -> bytes:
+    """The cards every cutout header starts with (formatted once: astropy's Card costs
+    ~0.2 ms each, 1 ms per cutout)."""
+    return b"".join([_card("SIMPLE", True), _card("BITPIX", -32), _card("NAXIS", 2),
+                     _card("NAXIS1", CUTOUT_SIZE), _card("NAXIS2", CUTOUT_SIZE),
+                     _card("BUNIT", "DN")])
+
+
 def _fits_header(extra: Mapping[str, Any] | fits.Header | None) -> bytes:
-    cards = [_card("SIMPLE", True), _card("BITPIX", -32), _card("NAXIS", 2),
-             _card("NAXIS1", CUTOUT_SIZE), _card("NAXIS2", CUTOUT_SIZE), _card("BUNIT", "DN")]
+    cards = [_structural_cards()]
     for key, value in (extra or {}).items():
         if str(key).upper() not in _STRUCTURAL:
             cards.append(_card(str(key), value))
