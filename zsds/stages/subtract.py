@@ -502,10 +502,17 @@ def _exclusion(footprint, reach):
 # ---------------------------------------------------------------------------------------
 # candidates
 # ---------------------------------------------------------------------------------------
-def _diff_images(z, sci: _Image, bad, apcorr: float | None = None) -> cands.DifferenceImages:
+def _median_s_var(z) -> float:
+    """Median of ZOGY's S variance (a scalar where it is one), NaN ignored."""
+    return float(np.nanmedian(z.S_var)) if np.ndim(z.S_var) else float(z.S_var)
+
+
+def _diff_images(z, sci: _Image, bad, apcorr: float | None = None,
+                 s_var_median: float | None = None) -> cands.DifferenceImages:
     var_bg = float((z.flux_zp_new / z.F_D) ** 2)
     s_var = np.asarray(z.S_var) if np.ndim(z.S_var) else z.S_var
-    var_flux = var_bg * s_var / float(np.median(s_var)) if np.ndim(s_var) else var_bg
+    med = _median_s_var(z) if s_var_median is None else s_var_median
+    var_flux = var_bg * s_var / med if np.ndim(s_var) else var_bg
     return cands.DifferenceImages(D=z.D, S=z.S, S_corr=z.S_corr, S_var=z.S_var, D_flux=z.D_flux,
                                   var_flux=var_flux, P_D=z.P_D, s_to_flux=z.s_to_flux, bad=bad,
                                   zp=sci.zp, apcorr=_apcorr(sci.psf) if apcorr is None else apcorr)
@@ -555,9 +562,9 @@ def _bright_star_halo(t: Table, refcat: Table | None) -> np.ndarray:
                                   refcat["mag"], masked)
 
 
-def _extract(im: cands.DifferenceImages, z, sci: _Image, ref: _Image, excl,
-             model_path) -> tuple[Table, float]:
-    lim = cands.diffmaglim(z.S_var, z.s_to_flux, sci.zp, im.apcorr)
+def _extract(im: cands.DifferenceImages, z, sci: _Image, ref: _Image, excl, model_path,
+             s_var_median: float) -> tuple[Table, float]:
+    lim = cands.diffmaglim(s_var_median, z.s_to_flux, sci.zp, im.apcorr)
     t = cands.find_candidates(im, exclude=excl, diffmaglim_value=lim)
     ra, dec = sci.wcs.pixel_to_world_values(np.asarray(t["xpos"]), np.asarray(t["ypos"]))
     t["ra"], t["dec"] = np.asarray(ra, float), np.asarray(dec, float)
@@ -728,8 +735,9 @@ def subtract_images(sci_path, ref_path, *, sci_psf=None, ref_psf=None, out_dir=N
     t_zogy = time.perf_counter()
     bad = sci.bad | (bad_ref & res.footprint)
     excl = _exclusion(res.footprint, _search_margin(z.P_D))
-    im = _diff_images(z, sci, bad, cal["apcorr"])
-    t, lim = _extract(im, z, sci, ref, excl, model_path)
+    s_var_median = _median_s_var(z)
+    im = _diff_images(z, sci, bad, cal["apcorr"], s_var_median)
+    t, lim = _extract(im, z, sci, ref, excl, model_path, s_var_median)
     t_ext = time.perf_counter()
     qa = {"n_detections": len(t), "n_candidates": int(np.sum(np.asarray(t["index"]) >= 0)),
           "diffmaglim": lim, "n_fft": int(z.n_fft), "seconds_load": t_load - t0,
