@@ -97,6 +97,10 @@ def test_background_matches_sky(quadrant):
     # the sky includes the light of sources fainter than the detection limit: a few DN
     assert abs(np.median(bg.sky) - np.median(img)) < 3 * bg.global_rms
     assert 0.9 < bg.global_rms / np.median(np.sqrt(quadrant[1])) < 1.1
+    # the median of the smooth maps from a 4-px lattice: that of all pixels
+    from zsds.core.background import map_median
+    for m in (bg.sky, bg.rms):
+        assert map_median(m) == pytest.approx(float(np.median(m)), rel=2e-4)
 
 
 def test_bright_stars_detected_with_accurate_centroids(quadrant):

@@ -172,9 +172,9 @@ def _psf_stage(sub, det, bkg, cat, gain, params):
 def _qa_metrics(prep, det, bkg, cat, sol, zp, model, params, filter_code, airmass, errors):
     fwhm = float(model.fwhm_at(model.x_centre, model.y_centre)[0]) if model else float("nan")
     nea = photcal.psf_nea(model.centre_stamp()) if model else float("nan")
-    sky_rms = float(np.median(bkg.rms))
+    sky_rms = background.map_median(bkg.rms)
     m = {
-        "n_sources": len(cat), "sky": float(np.median(bkg.sky)), "sky_rms": sky_rms,
+        "n_sources": len(cat), "sky": background.map_median(bkg.sky), "sky_rms": sky_rms,
         "saturated_fraction": float(prep.qa["saturated_fraction"]),
         "seeing_arcsec": fwhm * _PIXSCALE, "fwhm_px": fwhm, "nea_px": nea,
         "astrometry_ok": sol is not None, "zp_fit_failed": zp is None,

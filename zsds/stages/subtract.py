@@ -352,8 +352,8 @@ def _run_zogy(sci: _Image, ref: _Image, res: align.Resampled, threads: int, fft_
         var_r = np.where(foot, res.variance, median_var_r)
         sigma_r = float(np.sqrt(median_var_r))
     else:
-        var_r, sigma_r = None, float(np.median(ref.sky_rms))
-    z = zogy.zogy_subtract(new, ref_img, psf_n, psf_r, sigma_new=float(np.median(sci.sky_rms)),
+        var_r, sigma_r = None, background.map_median(ref.sky_rms)
+    z = zogy.zogy_subtract(new, ref_img, psf_n, psf_r, sigma_new=background.map_median(sci.sky_rms),
                            sigma_ref=sigma_r, flux_zp_new=1.0,
                            flux_zp_ref=1.0 / cal["scale"], var_new=sci.variance,
                            var_ref=var_r, astrometric_sigma=_astrometric_sigma(sci.header),
