@@ -199,7 +199,7 @@ def region_moments(weights, labels, ids) -> dict:
     lab = flat[pix]
     keep = np.isin(lab, ids)
     pix, lab = pix[keep], lab[keep]
-    w = np.clip(np.nan_to_num(np.asarray(weights, np.float64).ravel()[pix]), 0, None)
+    w = np.clip(np.nan_to_num(np.asarray(weights).ravel()[pix].astype(np.float64)), 0, None)
     yy, xx = np.divmod(pix, nx)
     yy, xx = yy.astype(np.float64), xx.astype(np.float64)
     size = int(ids.max()) + 1 if ids.size else 1
@@ -315,8 +315,8 @@ def _stamp_data(image, variance, bad, x1, y1, x2, y2, psf, half_width):
     if xb <= xa or yb <= ya:
         return None
     sl = (slice(ya, yb), slice(xa, xb))
-    d = np.asarray(image, np.float64)[sl]
-    var = np.broadcast_to(np.asarray(variance, np.float64), image.shape)[sl]
+    d = np.asarray(np.asarray(image)[sl], np.float64)  # cut, then converted
+    var = np.asarray(np.broadcast_to(np.asarray(variance), image.shape)[sl], np.float64)
     use = np.isfinite(d) & np.isfinite(var) & (var > 0)
     if bad is not None:
         use &= ~np.asarray(bad, bool)[sl]
@@ -417,7 +417,7 @@ def _fit_region(image, variance, bad, region, box, mom, sigma0, params):
     grown[ys.start - ya:ys.stop - ya, xs.start - xa:xs.stop - xa] = region
     use = filters.binary_dilation(grown, m)
     d = np.asarray(image[ya:yb, xa:xb], np.float64)
-    var = np.broadcast_to(np.asarray(variance, np.float64), image.shape)[ya:yb, xa:xb]
+    var = np.asarray(np.broadcast_to(np.asarray(variance), image.shape)[ya:yb, xa:xb], np.float64)
     use &= np.isfinite(d) & np.isfinite(var) & (var > 0)
     if bad is not None:
         use &= ~np.asarray(bad[ya:yb, xa:xb], bool)
@@ -590,7 +590,7 @@ def _group_moments(snr_signed, labels, ids, groups) -> list[dict]:
 
 
 def _one_sign(snr, image, variance, bad, near_bad, exclude, psf, sign, sigma0, apcorr, params):
-    snr_signed = sign * snr
+    snr_signed = snr if sign > 0 else -snr
     labels, ids = segment_regions(snr_signed, params.threshold, params.grow_threshold, exclude)
     if ids.size == 0:
         return []
@@ -686,15 +686,15 @@ def detect_streaks(snr, image, variance, psf, *, bad=None, exclude=None, apcorr:
         ``npix`` (pixels fitted), ``chi2`` (reduced, geometry fit), ``isdiffpos``
         ('t' positive, 'f' negative). Sorted by (y1, x1).
     """
-    snr = np.asarray(snr, np.float64)
+    snr = np.asarray(snr)  # float32 stays: thresholds compare the same values
     if snr.shape != np.shape(image):
         raise ValueError(f"snr {snr.shape} and image {np.shape(image)} differ in shape")
     excl = np.zeros(snr.shape, bool) if exclude is None else np.asarray(exclude, bool).copy()
     if bad is not None:
         excl |= np.asarray(bad, bool)
     sigma0 = psf_sigma(psf)
-    image = np.asarray(image, np.float64)
-    variance = np.asarray(variance, np.float64)       # once: stamps are cut from it
+    image = np.asarray(image)         # stamps are cut from the images, then made float64
+    variance = np.asarray(variance)
     near_bad = None
     if bad is not None and np.any(bad):
         near_bad = filters.binary_dilation(bad, params.bad_reach_px) \

@@ -258,7 +258,10 @@ def _variance(path, old, data, rms, gain, kind):
                 u = np.asarray(h[0].data, np.float32)
             if u.shape == data.shape and np.isfinite(u).any():
                 return np.where(np.isfinite(u), u * u, np.nanmax(u) ** 2).astype(np.float32)
-    return (rms * rms + np.clip(data, 0, None) / gain).astype(np.float32)
+    var = np.clip(data, 0, None)  # rms^2 + max(data, 0) / gain, in place (the same float32 sums)
+    var /= gain
+    var += rms * rms
+    return var.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------
