@@ -41,7 +41,7 @@ from ..errors import AlgorithmError
 from .extract import APER_RADII, FLAGS
 
 __all__ = ["PSFModel", "fit_psf_model", "select_psf_stars", "poly_terms", "cutouts",
-           "fit_flux_position", "annulus_sky", "disc"]
+           "fit_flux_position", "annulus_sky", "ring_sky", "disc"]
 
 _BAD_FOR_PSF = (FLAGS["OBJ_MERGED"] | FLAGS["OBJ_TRUNC"] | FLAGS["APER_TRUNC"]
                 | FLAGS["APER_HASMASKED"] | FLAGS["APER_ALLMASKED"] | FLAGS["NEAR_EDGE"]
@@ -243,8 +243,13 @@ def annulus_sky(stamps, valid, r_in, r_out, *, nsigma=3.0, n_iter=3):
         Error of the mean (clipped scatter over sqrt of the pixels kept); inf if none.
     """
     ring = disc((stamps.shape[1] - 1) // 2, r_out, r_in)
-    v = stamps[:, ring].astype(np.float64)
-    ok = valid[:, ring].copy()
+    return ring_sky(stamps[:, ring].astype(np.float64), valid[:, ring].copy(), nsigma=nsigma,
+                    n_iter=n_iter)
+
+
+def ring_sky(v, ok, *, nsigma=3.0, n_iter=3):
+    """:func:`annulus_sky` of the annulus pixels already gathered: values ``v`` (n, m)
+    float64 and usable flags ``ok`` (n, m), which the clipping updates in place."""
     _clip_rows(v, ok, float(nsigma), int(n_iter))
     n = ok.sum(1)
     sky = np.where(n > 0, (v * ok).sum(1) / np.maximum(n, 1), 0.0)

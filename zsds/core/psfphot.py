@@ -35,7 +35,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from .psf import PSFModel, annulus_sky, cutouts, fit_flux_position
+from .psf import PSFModel, cutouts, disc, fit_flux_position, ring_sky
 
 __all__ = ["PSFPHOT_COLUMNS", "PSFPHOT_FLAGS", "psf_photometry"]
 
@@ -234,11 +234,32 @@ def _errors(weight, var, m, gx, gy, flux, sky_err, model_error, fitp):
 
 
 def _local_sky(image, nb, mask, x, y, annulus):
-    """Sky left under each source: clipped mean in an annulus of the image minus all models."""
-    r_out = int(np.ceil(annulus[1]))
-    stamps, inside, _, _ = cutouts(image - nb, x, y, r_out)
-    valid = inside if mask is None else inside & ~cutouts(mask, x, y, r_out, fill=True)[0]
-    return annulus_sky(stamps, valid, *annulus)
+    """Sky left under each source: clipped mean in an annulus of the image minus all models
+    (:func:`zsds.core.psf.annulus_sky` of those stamps, the annulus pixels gathered directly)."""
+    half = int(np.ceil(annulus[1]))
+    dy, dx = np.nonzero(disc(half, annulus[1], annulus[0]))
+    xi, yi = np.rint(np.asarray(x)).astype(np.int64), np.rint(np.asarray(y)).astype(np.int64)
+    has_mask = mask is not None
+    m = np.asarray(mask, bool) if has_mask else np.zeros((1, 1), bool)
+    v, ok = _ring_samples(image, nb, m, has_mask, xi, yi, dy - half, dx - half)
+    return ring_sky(v, ok)
+
+
+@numba.njit(cache=True)
+def _ring_samples(image, nb, mask, has_mask, xi, yi, dy, dx):
+    """``image - nb`` at pixels (xi + dx, yi + dy) of every source (0 outside the image) and
+    whether each is inside and unmasked: (n, len(dy)) float64 and bool."""
+    ny, nx = image.shape
+    n, m = xi.size, dy.size
+    v = np.zeros((m, n)).T  # the memory layouts of numpy's stamps[:, ring] and its flags'
+    ok = np.zeros((n, m), np.bool_)  # copy: the clipped sums then add in the same order
+    for i in range(n):
+        for k in range(m):
+            row, col = yi[i] + dy[k], xi[i] + dx[k]
+            if 0 <= row < ny and 0 <= col < nx:
+                v[i, k] = image[row, col] - nb[row, col]
+                ok[i, k] = not (has_mask and mask[row, col])
+    return v, ok
 
 
 def _quality(data, weight, var, m, flux, half):
