@@ -125,7 +125,8 @@ class MetricsParams:
     def __init__(self, *, min_period_d: float = 0.05, max_period_baselines: float = 2.0,
                  samples_per_peak: int = 10, refine_points: int = 100, pair_dt_d: float = 0.1,
                  min_points: int = 5, refine_nterms: int = 3, n_candidates: int = 5,
-                 candidate_sep_baselines: float = 5.0, daily_alias_chi2_tolerance: float = 0.1):
+                 candidate_sep_baselines: float = 5.0, daily_alias_chi2_tolerance: float = 0.1,
+                 refine_halfwidth_steps: float = 1.0):
         self.min_period_d = min_period_d
         self.max_period_baselines = max_period_baselines
         self.samples_per_peak = samples_per_peak
@@ -136,6 +137,8 @@ class MetricsParams:
         self.n_candidates = n_candidates
         self.candidate_sep_baselines = candidate_sep_baselines
         self.daily_alias_chi2_tolerance = daily_alias_chi2_tolerance
+        #: half-width of the harmonic refinement around a coarse peak, in coarse-grid steps
+        self.refine_halfwidth_steps = refine_halfwidth_steps
 
 
 def _ls_power(t, y, dy, fmin, fmax, nf):
@@ -248,7 +251,7 @@ def lomb_scargle(t, y, dy, params: MetricsParams | None = None) -> dict[str, flo
     peaks = _peaks(freq, power, sep, p.n_candidates) if len(power) > 2 else []
     if not peaks:
         return out
-    df = freq[1] - freq[0]
+    df = (freq[1] - freq[0]) * p.refine_halfwidth_steps
     refined = []
     for i in peaks:
         f_lo, f_hi = max(freq[i] - df, fmin * 0.5), freq[i] + df
