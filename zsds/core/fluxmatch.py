@@ -67,5 +67,6 @@ def match_background(new, ref_scaled, *, mask=None, order: int = 1, sigma: float
     ny, nx = diff.shape
     if order == 0:
         return np.full((ny, nx), coef[0], np.float32)
-    return (coef[0] + coef[1] * np.arange(nx)[None, :] + coef[2] * np.arange(ny)[:, None]).astype(
-        np.float32)
+    # (a + b x) + c y in float64, cast to float32 on output (no float64 image in between)
+    return np.add((coef[0] + coef[1] * np.arange(nx))[None, :], (coef[2] * np.arange(ny))[:, None],
+                  out=np.empty((ny, nx), np.float32), casting="unsafe")

@@ -235,7 +235,7 @@ def _assemble(path: Path, raw, header, bad, kind: str, *, sky=None, psf=None,
     zero point and PSF (``psf`` given, else read from ``psf_path`` or the sibling product)."""
     image, _, psf_name = _NAMES[kind]
     bad = bad | ~np.isfinite(raw)
-    raw = np.where(bad, 0, raw).astype(np.float32)
+    raw = np.where(bad, np.float32(0), raw).astype(np.float32, copy=False)
     if sky is None:
         bkg = background.background_maps(raw, mask=bad)
         sky = (bkg.sky, bkg.rms)
