@@ -18,32 +18,31 @@ __all__ = ["select_stars", "select_catalogue_stars", "stacked_psfs"]
 
 def select_stars(image, rms, bad, *, snr_min: float = 50.0, max_stars: int = 100,
                  isolation: float = 12.0, edge: int = 20, peak_max: float | None = None):
-    """Bright isolated stars of a background-subtracted image: (x, y) 0-based arrays."""
+    """Bright isolated stars of a background-subtracted image: (x, y) 0-based arrays.
+
+    Extracts the sources above 5 sigma (sep; S/N = isophotal flux over the background noise
+    of its pixels) and applies :func:`select_catalogue_stars` to them.
+    """
     import sep
 
     data = np.ascontiguousarray(image, np.float32)
+    bad = np.zeros(data.shape, bool) if bad is None else np.asarray(bad, bool)
     obj = sep.extract(data, 5.0, err=np.ascontiguousarray(rms, np.float32), mask=bad, minarea=5)
     if len(obj) == 0:
         return np.empty(0), np.empty(0)
-    x, y = obj["x"], obj["y"]
-    ny, nx = data.shape
-    snr = obj["flux"] / np.sqrt(obj["npix"] * np.median(rms) ** 2 + np.abs(obj["flux"]) * 0.0 + 1e-9)
-    ok = (snr >= snr_min) & (_nearest_neighbour(x, y) > isolation) & (x > edge) & (y > edge) \
-        & (x < nx - 1 - edge) & (y < ny - 1 - edge) & (obj["flag"] == 0)
-    if peak_max is not None:
-        ok &= obj["peak"] < peak_max
-    ok &= _clean(bad, x, y)
-    order = np.argsort(-obj["flux"][ok])[:max_stars]
-    return x[ok][order], y[ok][order]
+    snr = obj["flux"] / np.sqrt(obj["npix"] * np.median(rms) ** 2 + 1e-9)
+    return select_catalogue_stars(obj["x"], obj["y"], obj["flux"], snr, obj["peak"], obj["flag"],
+                                  bad, snr_min=snr_min, max_stars=max_stars, isolation=isolation,
+                                  edge=edge, peak_max=peak_max)
 
 
 def select_catalogue_stars(x, y, flux, snr, peak, flags, bad, *, snr_min: float = 50.0,
                            max_stars: int = 100, isolation: float = 12.0, edge: int = 20,
                            peak_max: float | None = None):
-    """Bright isolated stars from the image's own source catalogue: (x, y) 0-based arrays.
+    """Bright isolated stars from a source catalogue of the image: (x, y) 0-based arrays.
 
-    The criteria of :func:`select_stars` applied to a catalogue already extracted from the
-    same image (the calibration's ``sexcat``) instead of extracting it again: S/N of at least
+    The calibration's ``sexcat`` serves, so the image need not be extracted again (else
+    :func:`select_stars` extracts it): S/N of at least
     ``snr_min``, no other catalogued source within ``isolation`` pixels, ``edge`` pixels
     inside the image, unflagged, peak (background-subtracted DN) below ``peak_max`` and no
     ``bad`` pixel within 6 pixels; the ``max_stars`` brightest (highest ``flux``) first.

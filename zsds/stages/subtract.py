@@ -454,7 +454,7 @@ def _science_catalogue(path: Path) -> Table | None:
         return None
     try:
         t = read_table(p)
-    except (OSError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         log.warning("%s: unreadable catalogue (%s); extracting the PSF stars again", p, exc)
         return None
     return t if all(c in t.colnames for c in _STAR_COLUMNS) else None
@@ -510,15 +510,14 @@ def _median_s_var(z) -> float:
     return float(np.nanmedian(z.S_var)) if np.ndim(z.S_var) else float(z.S_var)
 
 
-def _diff_images(z, sci: _Image, bad, apcorr: float | None = None,
-                 s_var_median: float | None = None) -> cands.DifferenceImages:
+def _diff_images(z, sci: _Image, bad, apcorr: float,
+                 s_var_median: float) -> cands.DifferenceImages:
     var_bg = float((z.flux_zp_new / z.F_D) ** 2)
     s_var = np.asarray(z.S_var) if np.ndim(z.S_var) else z.S_var
-    med = _median_s_var(z) if s_var_median is None else s_var_median
-    var_flux = var_bg * s_var / med if np.ndim(s_var) else var_bg
+    var_flux = var_bg * s_var / s_var_median if np.ndim(s_var) else var_bg
     return cands.DifferenceImages(D=z.D, S=z.S, S_corr=z.S_corr, S_var=z.S_var, D_flux=z.D_flux,
                                   var_flux=var_flux, P_D=z.P_D, s_to_flux=z.s_to_flux, bad=bad,
-                                  zp=sci.zp, apcorr=_apcorr(sci.psf) if apcorr is None else apcorr)
+                                  zp=sci.zp, apcorr=apcorr)
 
 
 def _reference_catalogue(ref: _Image, sci: _Image) -> Table | None:
