@@ -7,7 +7,8 @@ per quadrant reference) and :func:`build_reference` (one quadrant). The steps:
 2. the reference grid: the nominal TAN WCS of the field/CCD/quadrant ......... ``camera.nominal_wcs``
 3. stream the inputs: background-subtract, scale to the common zero point,
    resample; median of a subset, then the weighted mean with rejection ........ ``core.coadd``
-4. catalogues of the co-add: background, extraction (``refsexcat``), PSF model
+4. catalogues of the co-add: background (``refbkg``: sky and RMS maps, which the
+   subtraction loads instead of re-estimating), extraction (``refsexcat``), PSF model
    (``refpsf``), PSF photometry (``refpsfcat``), zero point check vs refcat .... ``core.*``
 5. Zarr (``ref/<fff>/field<field6>.zarr``) + FITS exports with the ZTF names,
    a new ``reference_images`` version only when the set of inputs changed ...... ``io.zarr_store``
